@@ -1,0 +1,232 @@
+/**
+ * Execute a plan against a {@linkcode Target}. The only stage that writes.
+ *
+ * Every operation yields a result; a failed operation is logged and the run goes on.
+ * The replica tree passed in is updated with what really happened (the hashes of the
+ * bytes actually written, the new fingerprints), so the manifest written afterwards
+ * records only successes.
+ *
+ * @module
+ */
+import { errorCode, errorMessage } from "./errors.ts";
+import { type LogEvent, logEvent } from "./log.ts";
+import { applyOp, countOps, type Op, type Plan } from "./plan.ts";
+import { type PendingWrite, type Target, yieldToEventLoop } from "./target_fs.ts";
+import type { FileNode, Tree } from "./types.ts";
+
+/** How often a source file that keeps changing during its copy is tried. */
+export const COPY_ATTEMPTS = 3;
+
+/** One failed operation. */
+export interface OpFailure {
+  op: Op["op"];
+  path: string;
+  code: string;
+  message: string;
+}
+
+/** Progress callback: called after each operation with running totals. */
+export type ProgressFn = (done: { ops: number; bytes: number }) => void;
+
+/** Options for {@linkcode applyPlan}. */
+export interface ApplyOptions {
+  /** Absolute path of the source folder. */
+  sourceRoot: string;
+  target: Target;
+  /** The source tree; copied files get their hash and fresh stat recorded in it. */
+  src: Tree;
+  /** The replica tree; updated in place with each successful operation. */
+  state: Tree;
+  /** Stops the run between operations (and inside large copies). */
+  signal?: AbortSignal;
+  progress?: ProgressFn;
+}
+
+/** What {@linkcode applyPlan} did. */
+export interface ApplyReport {
+  done: number;
+  /** Successful operations by kind. */
+  counts: Record<Op["op"], number>;
+  failures: OpFailure[];
+  bytesCopied: number;
+  /** True when the signal stopped the run before the end of the plan. */
+  stopped: boolean;
+}
+
+function sameStat(n: FileNode, st: Deno.FileInfo): boolean {
+  return st.isFile && st.size === n.size && Math.trunc(st.mtime?.getTime() ?? 0) === n.mtime &&
+    (!n.fp || ((st.ino ?? 0) === n.fp[0] && (st.ctime?.getTime() ?? 0) === n.fp[1]));
+}
+
+function nodeOfStat(st: Deno.FileInfo): FileNode {
+  return {
+    type: "file",
+    size: st.size,
+    mtime: Math.trunc(st.mtime?.getTime() ?? 0),
+    mode: (st.mode ?? 0o644) & 0o7777,
+    fp: [st.ino ?? 0, st.ctime?.getTime() ?? 0],
+  };
+}
+
+/**
+ * Copy one source file into the replica, hashing while copying. The source is re-stat'ed
+ * after the copy; if it changed meanwhile, the copy is discarded and tried again.
+ * Returns the replica's new node; updates the source node with the hash of what was copied.
+ */
+async function copyFile(
+  path: string,
+  o: ApplyOptions,
+): Promise<FileNode> {
+  const srcAbs = `${o.sourceRoot}/${path}`;
+  let expect = o.src.get(path) as FileNode;
+  for (let attempt = 1;; attempt++) {
+    const startedAt = Date.now();
+    const from = Deno.openSync(srcAbs, { read: true });
+    let w: PendingWrite;
+    try {
+      w = await o.target.writeFile(path, from, expect, o.signal);
+    } finally {
+      from.close();
+    }
+    const after = Deno.lstatSync(srcAbs);
+    if (sameStat(expect, after) && w.size === expect.size) {
+      const fp = w.commit();
+      const srcNode: FileNode = { ...expect, sha256: w.sha256, hashedAt: startedAt };
+      o.src.set(path, srcNode);
+      return { ...expect, sha256: w.sha256, fp, hashedAt: undefined };
+    }
+    w.discard();
+    if (!after.isFile) throw new Error("source file vanished or changed type while being copied");
+    if (attempt >= COPY_ATTEMPTS) {
+      throw Object.assign(
+        new Error(`source file kept changing while being copied (${attempt} attempts)`),
+        { code: "CHANGING" },
+      );
+    }
+    expect = nodeOfStat(after);
+  }
+}
+
+/** The log event describing an operation. */
+export function eventOf(op: Op): LogEvent {
+  switch (op.op) {
+    case "rename":
+      return { event: "rename", path: op.to, from: op.from, kind: op.kind };
+    case "copy":
+    case "update":
+      return { event: op.op, path: op.path, bytes: op.size };
+    case "meta":
+      return {
+        event: "meta",
+        path: op.path,
+        kind: op.kind,
+        ...(op.mode !== undefined ? { mode: op.mode.toString(8).padStart(4, "0") } : {}),
+        ...(op.mtime !== undefined ? { mtime: new Date(op.mtime).toISOString() } : {}),
+      };
+    case "symlink":
+      return { event: "symlink", path: op.path, target: op.target };
+    case "mkdir":
+      return { event: "mkdir", path: op.path };
+    case "delete":
+      return { event: "delete", path: op.path, kind: op.kind };
+    case "rmdir":
+      return { event: "rmdir", path: op.path };
+  }
+}
+
+/**
+ * Run every operation of a plan in order. Never throws for a single operation's failure.
+ *
+ * @example
+ * ```ts
+ * const report = await applyPlan(p, { sourceRoot, target, src, state });
+ * if (report.failures.length) console.error(report.failures);
+ * ```
+ */
+export async function applyPlan(p: Plan, o: ApplyOptions): Promise<ApplyReport> {
+  const { target, state, signal } = o;
+  const failures: OpFailure[] = [];
+  let done = 0;
+  const counts = countOps([]);
+  let bytesCopied = 0;
+  let stopped = false;
+  let lastYield = performance.now();
+  for (const op of p.ops) {
+    if (signal?.aborted) {
+      stopped = true;
+      break;
+    }
+    try {
+      let node: FileNode | undefined;
+      const ev = eventOf(op);
+      switch (op.op) {
+        case "mkdir":
+          target.mkdir(op.path, op.mode);
+          break;
+        case "rename":
+          target.rename(op.from, op.to);
+          if (op.kind === "file") {
+            const old = state.get(op.from) as FileNode;
+            const st = Deno.lstatSync(`${target.root}/${op.to}`);
+            node = { ...old, fp: [st.ino ?? 0, st.ctime?.getTime() ?? 0] };
+          }
+          break;
+        case "copy":
+        case "update":
+          node = await copyFile(op.path, o);
+          bytesCopied += node.size;
+          ev.bytes = node.size;
+          ev.sha256 = node.sha256;
+          break;
+        case "meta": {
+          const fp = target.setMeta(op.path, op.kind, op.mode, op.mtime);
+          const old = state.get(op.path);
+          if (old?.type === "file") {
+            node = { ...old, mode: op.mode ?? old.mode, mtime: op.mtime ?? old.mtime, fp };
+          }
+          break;
+        }
+        case "symlink":
+          target.symlink(op.path, op.target);
+          break;
+        case "delete":
+          target.remove(op.path);
+          break;
+        case "rmdir":
+          target.rmdir(op.path);
+          break;
+      }
+      applyOp(state, op, node);
+      done++;
+      counts[op.op]++;
+      logEvent("info", ev);
+    } catch (e) {
+      if (signal?.aborted && e === signal.reason) {
+        stopped = true;
+        break;
+      }
+      const path = op.op === "rename" ? op.to : op.path;
+      const f: OpFailure = { op: op.op, path, code: errorCode(e), message: errorMessage(e) };
+      failures.push(f);
+      logEvent("error", {
+        event: "error",
+        op: op.op,
+        path,
+        ...(op.op === "rename" ? { from: op.from } : {}),
+        code: f.code,
+        error: f.message,
+      });
+    }
+    o.progress?.({ ops: done + failures.length, bytes: bytesCopied });
+    if (performance.now() - lastYield > 50) {
+      await yieldToEventLoop();
+      lastYield = performance.now();
+    }
+  }
+  try {
+    target.finish();
+  } catch (e) {
+    failures.push({ op: "meta", path: ".", code: errorCode(e), message: errorMessage(e) });
+  }
+  return { done, counts, failures, bytesCopied, stopped };
+}

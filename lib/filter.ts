@@ -1,0 +1,63 @@
+/**
+ * Exclusion rules: `--exclude` globs and ignore files, both with `.gitignore` semantics,
+ * matched by the `ignore` package (the matcher ESLint and Prettier use).
+ *
+ * @module
+ */
+import ignore from "ignore";
+import { UsageError } from "./errors.ts";
+import type { PathFilter } from "./scan.ts";
+
+/** Name of the ignore file read from the source root when present. */
+export const IGNORE_FILE_NAME = ".mimeoignore";
+
+/** Options for {@linkcode buildFilter}. */
+export interface FilterOptions {
+  /** Patterns with `.gitignore` syntax (`*.tmp`, `build/`, `!keep.tmp`, `/top-only`). */
+  patterns?: string[];
+  /** Files holding more patterns, one per line (`#` comments, blank lines ignored). */
+  ignoreFiles?: string[];
+  /**
+   * Read `<source>/.mimeoignore` when it exists.
+   * @default undefined
+   */
+  sourceRoot?: string;
+}
+
+/**
+ * Build a path filter, or `undefined` when there are no rules (the common fast path).
+ *
+ * @example
+ * ```ts
+ * const f = buildFilter({ patterns: ["*.log", "cache/"] })!;
+ * f("a/x.log", false); // true
+ * ```
+ */
+export function buildFilter(options: FilterOptions): PathFilter | undefined {
+  const ig = ignore({ allowRelativePaths: false });
+  let rules = 0;
+  for (const p of options.patterns ?? []) {
+    if (p.trim() === "") throw new UsageError("--exclude needs a non-empty pattern");
+    ig.add(p);
+    rules++;
+  }
+  const files = [...(options.ignoreFiles ?? [])];
+  if (options.sourceRoot) {
+    const auto = `${options.sourceRoot}/${IGNORE_FILE_NAME}`;
+    try {
+      if (Deno.statSync(auto).isFile) files.push(auto);
+    } catch { /* no ignore file: nothing to add */ }
+  }
+  for (const f of files) {
+    let text: string;
+    try {
+      text = Deno.readTextFileSync(f);
+    } catch (e) {
+      throw new UsageError(`Cannot read ignore file '${f}': ${(e as Error).message}`);
+    }
+    ig.add(text);
+    rules++;
+  }
+  if (rules === 0) return undefined;
+  return (path, isDir) => ig.ignores(isDir ? `${path}/` : path);
+}

@@ -1,0 +1,291 @@
+/**
+ * Read, write, digest and validate manifests.
+ *
+ * A manifest is deterministic JSON: keys sorted at every level, one entry per line,
+ * relative POSIX paths, a `version` and the hash `algorithm`. Its `digest` covers every
+ * entry's path, type, mode and content (SHA-256 or link target): two trees with the same
+ * digest hold the same entries with the same bytes and permissions. File mtimes are
+ * recorded in the entries but left out of the digest, so two builds of the same artifacts
+ * compare equal.
+ *
+ * A replica manifest also has a `cache` section: per file, the stat fingerprints
+ * (`[replica inode, replica ctime, source inode, source ctime]`) that let the next run
+ * trust recorded hashes without reading the files again.
+ *
+ * @module
+ */
+import { createHash } from "node:crypto";
+import type { FileNode, Fingerprint, Node, Tree } from "./types.ts";
+
+/** Current manifest format version. */
+export const MANIFEST_VERSION = 1;
+
+/** Per-file cache record of a replica manifest. */
+export interface CacheRecord {
+  /** Fingerprint of the replica's copy when it was written or last checked. */
+  dst?: Fingerprint;
+  /** Fingerprint of the source file whose hash this is; absent when not trustworthy. */
+  src?: Fingerprint;
+}
+
+/** A manifest in memory. Every file entry has its `sha256`. */
+export interface Manifest {
+  entries: Tree;
+  /** Stat fingerprints (replica manifests only). */
+  cache: Map<string, CacheRecord>;
+}
+
+/** Totals over a manifest's entries. */
+export interface Totals {
+  files: number;
+  dirs: number;
+  symlinks: number;
+  bytes: number;
+}
+
+/** Raised when a manifest file is not a valid mimeo manifest. */
+export class ManifestError extends Error {
+  constructor(readonly path: string, reason: string) {
+    super(`${path}: not a valid mimeo manifest (${reason})`);
+    this.name = "ManifestError";
+  }
+}
+
+/** Octal text for permission bits, e.g. `0644`. */
+export function modeString(mode: number): string {
+  return mode.toString(8).padStart(4, "0");
+}
+
+/** Sorted copy of a tree's paths (stable, code-unit order). */
+export function sortedPaths(tree: Tree): string[] {
+  return [...tree.keys()].sort(comparePaths);
+}
+
+/** The path order used everywhere mimeo sorts: plain code-unit comparison. */
+export function comparePaths(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/**
+ * The digest of a tree: SHA-256 over `path NUL type NUL mode NUL content NUL` for every
+ * entry in sorted path order, as `sha256:<hex>`. Throws if a file has no hash.
+ *
+ * @example
+ * ```ts
+ * const d = treeDigest(new Map([["a", { type: "dir", mode: 0o755 }]]));
+ * ```
+ */
+export function treeDigest(tree: Tree, paths: string[] = sortedPaths(tree)): string {
+  const h = createHash("sha256");
+  for (const p of paths) {
+    const n = tree.get(p)!;
+    let content = "";
+    let mode = "";
+    if (n.type === "file") {
+      if (!n.sha256) throw new Error(`no hash for '${p}'`);
+      content = n.sha256;
+      mode = modeString(n.mode);
+    } else if (n.type === "dir") mode = modeString(n.mode);
+    else content = n.target;
+    h.update(`${p}\0${n.type}\0${mode}\0${content}\0`);
+  }
+  return `sha256:${h.digest("hex")}`;
+}
+
+/** Counts and bytes of a tree. */
+export function totalsOf(tree: Tree): Totals {
+  const t: Totals = { files: 0, dirs: 0, symlinks: 0, bytes: 0 };
+  for (const n of tree.values()) {
+    if (n.type === "file") {
+      t.files++;
+      t.bytes += n.size;
+    } else if (n.type === "dir") t.dirs++;
+    else t.symlinks++;
+  }
+  return t;
+}
+
+function entryJson(n: Node): string {
+  switch (n.type) {
+    case "file":
+      return `{"mode":"${
+        modeString(n.mode)
+      }","mtime":${n.mtime},"sha256":"${n.sha256}","size":${n.size},"type":"file"}`;
+    case "dir":
+      return `{"mode":"${modeString(n.mode)}","type":"dir"}`;
+    case "symlink":
+      return `{"target":${JSON.stringify(n.target)},"type":"symlink"}`;
+  }
+}
+
+/**
+ * Serialize a manifest to its canonical JSON text (sorted keys, one entry per line).
+ * The cache section is written only when `withCache` is set.
+ */
+export function serializeManifest(m: Manifest, withCache: boolean): string {
+  const paths = sortedPaths(m.entries);
+  const digest = treeDigest(m.entries, paths);
+  const t = totalsOf(m.entries);
+  const out: string[] = [`{\n"algorithm": "sha256",\n`];
+  if (withCache) {
+    const lines: string[] = [];
+    for (const p of paths) {
+      const c = m.cache.get(p);
+      if (!c?.dst) continue;
+      const arr = c.src ? [c.dst[0], c.dst[1], c.src[0], c.src[1]] : [c.dst[0], c.dst[1]];
+      lines.push(`${JSON.stringify(p)}: [${arr.join(",")}]`);
+    }
+    out.push(`"cache": {\n${lines.join(",\n")}${lines.length ? "\n" : ""}},\n`);
+  }
+  out.push(`"digest": "${digest}",\n"entries": {\n`);
+  const lines = paths.map((p) => `${JSON.stringify(p)}: ${entryJson(m.entries.get(p)!)}`);
+  out.push(lines.join(",\n"), lines.length ? "\n" : "");
+  out.push(
+    `},\n"totals": {"bytes":${t.bytes},"dirs":${t.dirs},"files":${t.files},"symlinks":${t.symlinks}},\n`,
+  );
+  out.push(`"version": ${MANIFEST_VERSION}\n}\n`);
+  return out.join("");
+}
+
+const HEX64 = /^[0-9a-f]{64}$/;
+const MODE = /^[0-7]{3,4}$/;
+
+/** Whether a relative path is acceptable in a manifest (no absolute, `..`, empty parts). */
+export function isSafeRelativePath(p: string): boolean {
+  if (p === "" || p.startsWith("/") || p.endsWith("/") || p.includes("\0")) return false;
+  for (const seg of p.split("/")) {
+    if (seg === "" || seg === "." || seg === "..") return false;
+  }
+  return true;
+}
+
+function isFp(v: unknown): boolean {
+  return Array.isArray(v) && (v.length === 2 || v.length === 4) &&
+    v.every((x) => Number.isSafeInteger(x) && x >= 0);
+}
+
+/**
+ * Parse and validate manifest text. Throws {@linkcode ManifestError} with the reason.
+ * The digest is checked only when `checkDigest` is set (it costs a pass over all entries).
+ */
+export function parseManifest(text: string, path: string, checkDigest = false): Manifest {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new ManifestError(path, `bad JSON: ${(e as Error).message}`);
+  }
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
+    throw new ManifestError(path, "not a JSON object");
+  }
+  const o = raw as Record<string, unknown>;
+  if (o.version !== MANIFEST_VERSION) {
+    throw new ManifestError(path, `unsupported version ${JSON.stringify(o.version)}`);
+  }
+  if (o.algorithm !== "sha256") {
+    throw new ManifestError(path, `unsupported algorithm ${JSON.stringify(o.algorithm)}`);
+  }
+  const rawEntries = o.entries;
+  if (typeof rawEntries !== "object" || rawEntries === null || Array.isArray(rawEntries)) {
+    throw new ManifestError(path, "missing 'entries'");
+  }
+  const entries: Tree = new Map();
+  for (const [p, v] of Object.entries(rawEntries as Record<string, unknown>)) {
+    if (!isSafeRelativePath(p)) throw new ManifestError(path, `unsafe path ${JSON.stringify(p)}`);
+    const e = v as Record<string, unknown>;
+    const bad = () => new ManifestError(path, `bad entry for ${JSON.stringify(p)}`);
+    if (typeof e !== "object" || e === null) throw bad();
+    if (e.type === "file") {
+      if (
+        typeof e.mode !== "string" || !MODE.test(e.mode) || typeof e.sha256 !== "string" ||
+        !HEX64.test(e.sha256) || !Number.isSafeInteger(e.size) || (e.size as number) < 0 ||
+        typeof e.mtime !== "number" || !Number.isFinite(e.mtime)
+      ) throw bad();
+      entries.set(p, {
+        type: "file",
+        mode: parseInt(e.mode, 8),
+        sha256: e.sha256,
+        size: e.size as number,
+        mtime: e.mtime,
+      });
+    } else if (e.type === "dir") {
+      if (typeof e.mode !== "string" || !MODE.test(e.mode)) throw bad();
+      entries.set(p, { type: "dir", mode: parseInt(e.mode, 8) });
+    } else if (e.type === "symlink") {
+      if (typeof e.target !== "string" || e.target === "" || e.target.includes("\0")) throw bad();
+      entries.set(p, { type: "symlink", target: e.target });
+    } else throw bad();
+  }
+  const cache = new Map<string, CacheRecord>();
+  if (o.cache !== undefined) {
+    if (typeof o.cache !== "object" || o.cache === null || Array.isArray(o.cache)) {
+      throw new ManifestError(path, "bad 'cache'");
+    }
+    for (const [p, v] of Object.entries(o.cache as Record<string, unknown>)) {
+      if (!isFp(v) || entries.get(p)?.type !== "file") continue; // stale rows are ignored
+      const a = v as number[];
+      cache.set(p, { dst: [a[0], a[1]], src: a.length === 4 ? [a[2], a[3]] : undefined });
+    }
+  }
+  if (checkDigest) {
+    if (typeof o.digest !== "string") throw new ManifestError(path, "missing 'digest'");
+    const actual = treeDigest(entries);
+    if (actual !== o.digest) {
+      throw new ManifestError(
+        path,
+        `digest mismatch: recorded ${o.digest}, entries give ${actual}`,
+      );
+    }
+  }
+  return { entries, cache };
+}
+
+/** Read a manifest file. Throws `Deno.errors.NotFound` when absent, ManifestError when bad. */
+export function readManifest(path: string, checkDigest = false): Manifest {
+  return parseManifest(Deno.readTextFileSync(path), path, checkDigest);
+}
+
+/**
+ * Write text to `path` atomically: a temporary file in the same folder, flushed to disk,
+ * then renamed over `path`. A crash leaves either the old file or the new one.
+ */
+export function writeFileAtomicSync(path: string, text: string): void {
+  const tmp = `${path}.tmp-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
+  const f = Deno.openSync(tmp, { write: true, createNew: true, mode: 0o644 });
+  try {
+    const data = new TextEncoder().encode(text);
+    let off = 0;
+    while (off < data.length) off += f.writeSync(data.subarray(off));
+    f.syncSync();
+  } catch (e) {
+    f.close();
+    try {
+      Deno.removeSync(tmp);
+    } catch { /* already gone */ }
+    throw e;
+  }
+  f.close();
+  try {
+    Deno.renameSync(tmp, path);
+  } catch (e) {
+    try {
+      Deno.removeSync(tmp);
+    } catch { /* already gone */ }
+    throw e;
+  }
+}
+
+/** Write a manifest atomically. */
+export function writeManifest(path: string, m: Manifest, withCache = true): void {
+  writeFileAtomicSync(path, serializeManifest(m, withCache));
+}
+
+/** A manifest holding only content entries (no cache), e.g. for `manifest DIR`. */
+export function manifestOf(entries: Tree): Manifest {
+  return { entries, cache: new Map() };
+}
+
+/** Whether two file nodes describe the same content and metadata. */
+export function sameFile(a: FileNode, b: FileNode): boolean {
+  return a.sha256 === b.sha256 && a.size === b.size && a.mode === b.mode && a.mtime === b.mtime;
+}

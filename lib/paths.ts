@@ -1,0 +1,122 @@
+/**
+ * Path validation done before anything is touched: the source must be a folder, the
+ * replica must not be a file, the two must not overlap (also through symlinks or `..`),
+ * and the manifest and log file must live outside both. Also checks Deno permissions so
+ * a missing flag is one clear line, not a stack trace.
+ *
+ * @module
+ */
+import { basename, dirname, resolve } from "node:path";
+import { PermissionMissingError, UnsafeConfigError, UsageError } from "./errors.ts";
+
+/**
+ * The physical absolute path of `p`: symlinks resolved for the part that exists, the rest
+ * appended (so a replica that does not exist yet still resolves).
+ */
+export function resolvePhysical(p: string): string {
+  const abs = resolve(p);
+  try {
+    return Deno.realPathSync(abs);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory)) throw e;
+  }
+  const parent = dirname(abs);
+  if (parent === abs) return abs;
+  return `${resolvePhysical(parent).replace(/\/$/, "")}/${basename(abs)}`;
+}
+
+/** Whether `a` is `b` or inside it (absolute, normalized paths). */
+export function isInside(a: string, b: string): boolean {
+  if (b === "/") return true;
+  return a === b || a.startsWith(b.endsWith("/") ? b : `${b}/`);
+}
+
+/** The default manifest path: beside the replica, `<replica>.mimeo.json`. */
+export function defaultManifestPath(replica: string): string {
+  return `${resolve(replica).replace(/\/+$/, "")}.mimeo.json`;
+}
+
+/** Resolved, validated paths of a sync. */
+export interface SyncPaths {
+  source: string;
+  replica: string;
+  manifest: string;
+}
+
+function need(name: "read" | "write", path: string): void {
+  const st = Deno.permissions.querySync({ name, path });
+  if (st.state !== "granted") {
+    throw new PermissionMissingError(
+      `mimeo needs --allow-${name} for '${path}' (run it with --allow-read --allow-write)`,
+    );
+  }
+}
+
+/** Throw unless Deno grants read (and write, when asked) on a path. */
+export function checkPermissions(read: string[], write: string[]): void {
+  for (const p of read) need("read", p);
+  for (const p of write) need("write", p);
+}
+
+/**
+ * Validate and resolve the paths of a sync. Throws a typed error (exit 2) for every
+ * unsafe or impossible configuration. Reads only; writes nothing.
+ *
+ * @example
+ * ```ts
+ * const { source, replica, manifest } = validatePaths("src", "backup");
+ * ```
+ */
+export function validatePaths(
+  source: string,
+  replica: string,
+  manifest?: string,
+  extra: { logFile?: string; writes?: boolean } = {},
+): SyncPaths {
+  const writes = extra.writes ?? true;
+  checkPermissions([resolve(source), resolve(replica)], writes ? [resolve(replica)] : []);
+  let st: Deno.FileInfo;
+  try {
+    st = Deno.statSync(source);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      throw new UsageError(`Source '${source}' does not exist`);
+    }
+    throw new UsageError(`Cannot read source '${source}': ${(e as Error).message}`);
+  }
+  if (!st.isDirectory) throw new UsageError(`Source '${source}' is not a folder`);
+  const src = Deno.realPathSync(source);
+  try {
+    const r = Deno.statSync(replica);
+    if (!r.isDirectory) {
+      throw new UnsafeConfigError(`Replica '${replica}' exists and is not a folder`);
+    }
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  const rep = resolvePhysical(replica);
+  if (isInside(rep, src) || isInside(src, rep)) {
+    const what = src === rep
+      ? "are the same folder"
+      : isInside(rep, src)
+      ? "overlap: the replica is inside the source"
+      : "overlap: the source is inside the replica";
+    throw new UnsafeConfigError(
+      `Source '${source}' and replica '${replica}' ${what} ('${src}', '${rep}')`,
+    );
+  }
+  const man = resolvePhysical(manifest ?? defaultManifestPath(replica));
+  checkPermissions([man], writes ? [man] : []);
+  for (const [label, p] of [["Manifest", man], ["Log file", extra.logFile]] as const) {
+    if (!p) continue;
+    const abs = label === "Manifest" ? p : resolvePhysical(p);
+    if (isInside(abs, src) || isInside(abs, rep)) {
+      throw new UnsafeConfigError(
+        `${label} '${p}' must be outside the source and the replica (it would be ${
+          isInside(abs, src) ? "mirrored from the source" : "deleted from the replica"
+        })`,
+      );
+    }
+  }
+  return { source: src, replica: rep, manifest: man };
+}

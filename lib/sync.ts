@@ -1,0 +1,501 @@
+/**
+ * One run of the pipeline: scan → manifest → plan → apply → record.
+ *
+ * @module
+ */
+import { applyPlan, type ApplyReport, type OpFailure, type ProgressFn } from "./apply.ts";
+import { ExitCode, RefusedError } from "./errors.ts";
+import { buildFilter } from "./filter.ts";
+import { formatBytes, logEvent } from "./log.ts";
+import {
+  type CacheRecord,
+  type Manifest,
+  ManifestError,
+  readManifest,
+  treeDigest,
+  writeManifest,
+} from "./manifest.ts";
+import { countOps, isTempPath, type Op, type Plan, plan } from "./plan.ts";
+import { validatePaths } from "./paths.ts";
+import {
+  hashNode,
+  RACY_WINDOW_MS,
+  reuseReplicaHashes,
+  reuseSourceHashes,
+  scanTree,
+} from "./scan.ts";
+import { FsTarget, yieldToEventLoop } from "./target_fs.ts";
+import { type FileNode, isWithin, parentOf, type ScanIssue, type Tree } from "./types.ts";
+
+/** Options for {@linkcode sync}. */
+export interface SyncOptions {
+  /** The folder to mirror. Never written to. */
+  source: string;
+  /** The mirror. Created when missing. */
+  replica: string;
+  /**
+   * Where the replica's manifest lives.
+   * @default "<replica>.mimeo.json" (beside the replica, never inside it)
+   */
+  manifest?: string;
+  /** `.gitignore`-style patterns to leave out (on both sides: excluded replica entries are kept). */
+  exclude?: string[];
+  /** Files of ignore patterns; `<source>/.mimeoignore` is read too when present. */
+  ignoreFiles?: string[];
+  /**
+   * Hash every source file (and same-size replica files) instead of trusting the stat cache.
+   * @default false
+   */
+  checksum?: boolean;
+  /**
+   * Plan only: change nothing, write no manifest.
+   * @default false
+   */
+  dryRun?: boolean;
+  /** Refuse the run if it would delete more than this many entries. */
+  maxDelete?: number;
+  /** Refuse the run if it would delete more than this percentage of the replica's entries. */
+  maxDeletePercent?: number;
+  /**
+   * Allow an empty source to empty a non-empty replica (refused by default: an unmounted
+   * drive must not wipe a mirror).
+   * @default false
+   */
+  allowEmptySource?: boolean;
+  /**
+   * Detect moves and rename in the replica instead of copying.
+   * @default true
+   */
+  renames?: boolean;
+  /** Stops the run cleanly between operations. */
+  signal?: AbortSignal;
+  /** Called as operations complete. */
+  progress?: (p: ProgressInfo) => void;
+  /**
+   * Re-scan only these relative paths and trust the manifest for the rest (watch mode).
+   * Ignored when there is no valid manifest.
+   */
+  only?: string[];
+  /** The log file, checked to be outside the source and the replica. */
+  logFile?: string;
+}
+
+/** Progress of a run. */
+export interface ProgressInfo {
+  phase: "scan" | "hash" | "apply";
+  opsDone: number;
+  opsTotal: number;
+  bytesDone: number;
+  bytesTotal: number;
+}
+
+/** What one run did. */
+export interface SyncReport {
+  source: string;
+  replica: string;
+  manifest: string;
+  dryRun: boolean;
+  /** The planned operations, in order. */
+  ops: Op[];
+  /** Operations done, by kind. */
+  done: Record<Op["op"], number>;
+  failures: OpFailure[];
+  /** Paths that could not be read while scanning, and skipped special files. */
+  scanIssues: ScanIssue[];
+  /** Replica entries kept because the source scan had errors. */
+  deletesSkipped: number;
+  bytesCopied: number;
+  /** Files whose content was read to hash it (source, replica). */
+  hashed: { source: number; replica: number };
+  /** Totals of the source as mirrored. */
+  entries: number;
+  /** Digest of the replica's manifest after the run (absent on a dry run). */
+  digest?: string;
+  manifestWritten: boolean;
+  stopped: boolean;
+  durationMs: number;
+  exitCode: number;
+}
+
+function loadManifest(path: string, replicaExists: boolean): Manifest | undefined {
+  try {
+    return readManifest(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      if (replicaExists) {
+        logEvent("warning", {
+          event: "manifest-missing",
+          path,
+          message: `no manifest at '${path}'; rebuilding it from the replica (files are re-hashed)`,
+        });
+      }
+      return undefined;
+    }
+    const reason = e instanceof ManifestError ? e.message : `cannot read '${path}': ${e}`;
+    logEvent("warning", {
+      event: "manifest-invalid",
+      path,
+      message: `${reason}; rebuilding it from the replica (files are re-hashed)`,
+    });
+    return undefined;
+  }
+}
+
+/** Minimal set of roots (drop paths inside other listed paths). */
+function normalizeOnly(only: string[]): string[] {
+  const sorted = [...new Set(only.filter((p) => p !== "" && p !== "."))].sort();
+  const out: string[] = [];
+  for (const p of sorted) if (!out.some((o) => isWithin(p, o))) out.push(p);
+  return out;
+}
+
+function inOnly(p: string, roots: Set<string>): boolean {
+  for (let d = p; d !== ""; d = parentOf(d)) if (roots.has(d)) return true;
+  return false;
+}
+
+/** Trees from the manifest for everything outside `roots`, fresh scans inside. */
+function mergePartial(
+  old: Manifest,
+  fresh: Tree,
+  roots: Set<string>,
+  side: "src" | "dst",
+): Tree {
+  const t: Tree = new Map();
+  for (const [p, n] of old.entries) {
+    if (inOnly(p, roots)) continue;
+    if (n.type === "file") {
+      const c = old.cache.get(p);
+      t.set(p, { ...n, fp: side === "src" ? c?.src : c?.dst });
+    } else t.set(p, n);
+  }
+  for (const [p, n] of fresh) t.set(p, n);
+  return t;
+}
+
+/** Hash what the plan needs to decide, and nothing more. */
+async function resolveHashes(
+  srcRoot: string,
+  repRoot: string,
+  src: Tree,
+  rep: Tree,
+  checksum: boolean,
+  issues: ScanIssue[],
+  signal?: AbortSignal,
+): Promise<{ source: number; replica: number }> {
+  const removedSizes = new Set<number>();
+  for (const [q, v] of rep) {
+    if (v.type === "file" && src.get(q)?.type !== "file") removedSizes.add(v.size);
+  }
+  let source = 0;
+  let replica = 0;
+  let last = performance.now();
+  for (const [p, s] of src) {
+    if (s.type !== "file") continue;
+    const r = rep.get(p);
+    const sameSize = r?.type === "file" && r.size === s.size;
+    if (checksum || (!s.sha256 && (sameSize || removedSizes.has(s.size)))) {
+      const issue = hashNode(`${srcRoot}/${p}`, p, s);
+      source++;
+      if (issue) {
+        issues.push(issue);
+        delete s.sha256;
+      }
+    }
+    if (sameSize && (checksum || !(r as FileNode).sha256) && s.sha256) {
+      const rn = { ...(r as FileNode) };
+      replica++;
+      if (hashNode(`${repRoot}/${p}`, p, rn)) delete rn.sha256;
+      rep.set(p, rn);
+    }
+    if (performance.now() - last > 50) {
+      signal?.throwIfAborted();
+      await yieldToEventLoop();
+      last = performance.now();
+    }
+  }
+  return { source, replica };
+}
+
+/** The manifest that describes the replica as it is after the run. */
+function recordManifest(state: Tree, src: Tree, repRoot: string): Manifest {
+  const entries: Tree = new Map();
+  const cache = new Map<string, CacheRecord>();
+  for (const [p, n] of state) {
+    if (n.type !== "file") {
+      entries.set(p, n);
+      continue;
+    }
+    let node = n;
+    if (!node.sha256) {
+      // Content unknown (changed behind our back and kept): hash it so the record is true.
+      node = { ...n };
+      if (hashNode(`${repRoot}/${p}`, p, node)) continue;
+    }
+    entries.set(p, node);
+    const s = src.get(p);
+    const rec: CacheRecord = {};
+    if (node.fp) rec.dst = node.fp;
+    if (
+      s?.type === "file" && s.sha256 === node.sha256 && s.size === node.size &&
+      s.mtime === node.mtime && s.fp &&
+      (s.hashedAt === undefined || s.hashedAt - s.mtime >= RACY_WINDOW_MS)
+    ) rec.src = s.fp;
+    if (rec.dst) cache.set(p, rec);
+  }
+  return { entries, cache };
+}
+
+function sameFp(a?: readonly number[], b?: readonly number[]): boolean {
+  return a === b || (!!a && !!b && a[0] === b[0] && a[1] === b[1]);
+}
+
+/** Whether two manifests would serialize identically. */
+export function manifestsEqual(a: Manifest, b: Manifest): boolean {
+  if (a.entries.size !== b.entries.size || a.cache.size !== b.cache.size) return false;
+  for (const [p, x] of a.entries) {
+    const y = b.entries.get(p);
+    if (!y || x.type !== y.type) return false;
+    if (x.type === "file") {
+      const f = y as FileNode;
+      if (x.sha256 !== f.sha256 || x.size !== f.size || x.mtime !== f.mtime || x.mode !== f.mode) {
+        return false;
+      }
+    } else if (x.type === "dir") {
+      if (y.type === "dir" && x.mode !== y.mode) return false;
+    } else if (y.type === "symlink" && x.target !== y.target) return false;
+  }
+  for (const [p, c] of a.cache) {
+    const d = b.cache.get(p);
+    if (!d || !sameFp(c.dst, d.dst) || !sameFp(c.src, d.src)) return false;
+  }
+  return true;
+}
+
+function summaryText(r: SyncReport): string {
+  const d = r.done;
+  const parts: string[] = [];
+  const add = (n: number, word: string) => n && parts.push(`${n} ${word}`);
+  add(d.copy, "copied");
+  add(d.update, "updated");
+  add(d.rename, "renamed");
+  add(d.meta, "metadata");
+  add(d.symlink, "symlinks");
+  add(d.mkdir, "folders created");
+  add(d.delete, "deleted");
+  add(d.rmdir, "folders removed");
+  const secs = (r.durationMs / 1000).toFixed(2);
+  const head = r.stopped ? "stopped" : r.failures.length ? "finished with errors" : "synced";
+  const what = parts.length ? parts.join(", ") : "nothing to do";
+  const fails = r.failures.length ? `, ${r.failures.length} failed` : "";
+  return `${head}: ${what}${fails}; ${
+    formatBytes(r.bytesCopied)
+  } copied, ${r.entries} entries, ${secs} s`;
+}
+
+/**
+ * Mirror `source` into `replica` once. Fatal problems (bad paths, permissions, safety
+ * limits) throw typed errors before anything is written; per-file problems are in the
+ * report and make `exitCode` 1.
+ *
+ * @example
+ * ```ts
+ * import { sync } from "./mod.ts";
+ * const report = await sync({ source: "dist", replica: "/srv/www" });
+ * console.log(report.done.copy, report.exitCode);
+ * ```
+ */
+export async function sync(options: SyncOptions): Promise<SyncReport> {
+  const t0 = performance.now();
+  const dryRun = options.dryRun ?? false;
+  const paths = validatePaths(options.source, options.replica, options.manifest, {
+    logFile: options.logFile,
+    writes: !dryRun,
+  });
+  const { source, replica, manifest: manifestPath } = paths;
+  const exclude = buildFilter({
+    patterns: options.exclude,
+    ignoreFiles: options.ignoreFiles,
+    sourceRoot: source,
+  });
+  let replicaExists = true;
+  try {
+    Deno.lstatSync(replica);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+    replicaExists = false;
+  }
+  const old = loadManifest(manifestPath, replicaExists);
+  const progress = options.progress;
+  progress?.({ phase: "scan", opsDone: 0, opsTotal: 0, bytesDone: 0, bytesTotal: 0 });
+
+  // Scan both sides (stat only).
+  const now = Date.now();
+  const roots = old && options.only ? new Set(normalizeOnly(options.only)) : undefined;
+  const srcScan = scanTree(source, { exclude, signal: options.signal, only: roots && [...roots] });
+  const repScan = replicaExists
+    ? scanTree(replica, { exclude, signal: options.signal, only: roots && [...roots] })
+    : { tree: new Map() as Tree, issues: [] as ScanIssue[] };
+  const src = roots ? mergePartial(old!, srcScan.tree, roots, "src") : srcScan.tree;
+  const rep = roots ? mergePartial(old!, repScan.tree, roots, "dst") : repScan.tree;
+  const issues = [...srcScan.issues];
+  for (const i of repScan.issues) {
+    if (i.level === "error") issues.push({ ...i, path: `(replica) ${i.path}` });
+  }
+  if (!options.checksum) reuseSourceHashes(src, old, now);
+  reuseReplicaHashes(rep, old);
+  progress?.({ phase: "hash", opsDone: 0, opsTotal: 0, bytesDone: 0, bytesTotal: 0 });
+  const hashed = await resolveHashes(
+    source,
+    replica,
+    src,
+    rep,
+    options.checksum ?? false,
+    issues,
+    options.signal,
+  );
+  for (const i of issues) {
+    logEvent(i.level, {
+      event: i.level === "error" ? "scan-error" : "skip",
+      path: i.path,
+      code: i.code,
+      message: `${i.path}: ${i.message}`,
+    });
+  }
+  const sourceErrors = srcScan.issues.some((i) => i.level === "error") ||
+    issues.some((i) => i.level === "error" && !i.path.startsWith("(replica)"));
+
+  // Safety: an empty source must not silently wipe a mirror.
+  const repCount = [...rep.keys()].filter((p) => !isTempPath(p)).length;
+  if (src.size === 0 && repCount > 0 && !options.allowEmptySource && !sourceErrors) {
+    throw new RefusedError(
+      `Source '${options.source}' is empty but the replica holds ${repCount} entries; refusing to delete them all (is a drive unmounted?). Pass --allow-empty-source to mirror an empty folder`,
+    );
+  }
+
+  const p: Plan = plan(src, rep, { allowDelete: !sourceErrors, renames: options.renames ?? true });
+  if (p.deletesSkipped.length) {
+    logEvent("warning", {
+      event: "deletes-skipped",
+      count: p.deletesSkipped.length,
+      message:
+        `not deleting ${p.deletesSkipped.length} entries from the replica as there were read errors in the source`,
+    });
+  }
+  const deletes =
+    p.ops.filter((o) => (o.op === "delete" || o.op === "rmdir") && !isTempPath(o.path)).length;
+  if (options.maxDelete !== undefined && deletes > options.maxDelete) {
+    throw new RefusedError(
+      `refusing to delete ${deletes} entries (more than --max-delete ${options.maxDelete}); nothing was changed`,
+    );
+  }
+  if (options.maxDeletePercent !== undefined && repCount > 0) {
+    const pct = (deletes / repCount) * 100;
+    if (pct > options.maxDeletePercent) {
+      throw new RefusedError(
+        `refusing to delete ${deletes} of ${repCount} entries (${
+          pct.toFixed(1)
+        }%, more than --max-delete ${options.maxDeletePercent}%); nothing was changed`,
+      );
+    }
+  }
+
+  const report: SyncReport = {
+    source,
+    replica,
+    manifest: manifestPath,
+    dryRun,
+    ops: p.ops,
+    done: countOps([]),
+    failures: [],
+    scanIssues: issues,
+    deletesSkipped: p.deletesSkipped.length,
+    bytesCopied: 0,
+    hashed,
+    entries: src.size,
+    manifestWritten: false,
+    stopped: false,
+    durationMs: 0,
+    exitCode: ExitCode.Ok,
+  };
+  if (dryRun) {
+    report.durationMs = performance.now() - t0;
+    report.exitCode = sourceErrors ? ExitCode.PartialFailure : ExitCode.Ok;
+    return report;
+  }
+
+  if (!replicaExists) Deno.mkdirSync(replica, { recursive: true });
+  const target = new FsTarget(replica);
+  const state: Tree = new Map(rep);
+  let applied: ApplyReport = {
+    done: 0,
+    counts: countOps([]),
+    failures: [],
+    bytesCopied: 0,
+    stopped: false,
+  };
+  if (p.ops.length) {
+    const opsTotal = p.ops.length;
+    const progressFn: ProgressFn | undefined = progress &&
+      ((d) =>
+        progress({
+          phase: "apply",
+          opsDone: d.ops,
+          opsTotal,
+          bytesDone: d.bytes,
+          bytesTotal: p.bytesToCopy,
+        }));
+    applied = await applyPlan(p, {
+      sourceRoot: source,
+      target,
+      src,
+      state,
+      signal: options.signal,
+      progress: progressFn,
+    });
+  }
+  report.failures = applied.failures;
+  report.bytesCopied = applied.bytesCopied;
+  report.stopped = applied.stopped;
+  report.done = applied.counts;
+
+  // Record: the manifest describes the replica as it now is.
+  const next = recordManifest(state, src, replica);
+  report.digest = treeDigest(next.entries);
+  if (!old || applied.done > 0 || applied.failures.length > 0 || !manifestsEqual(old, next)) {
+    writeManifest(manifestPath, next);
+    report.manifestWritten = true;
+  }
+  report.durationMs = performance.now() - t0;
+  report.exitCode = applied.failures.length || sourceErrors ? ExitCode.PartialFailure : ExitCode.Ok;
+  logEvent(report.exitCode ? "warning" : "info", {
+    event: "summary",
+    text: summaryText(report),
+    ...summaryFields(report),
+  });
+  return report;
+}
+
+/** The fields of a run summary, for the log and `--json`. */
+export function summaryFields(r: SyncReport): Record<string, unknown> {
+  return {
+    source: r.source,
+    replica: r.replica,
+    dryRun: r.dryRun,
+    planned: r.ops.length,
+    done: r.done,
+    failed: r.failures.length,
+    failures: r.failures,
+    scanErrors: r.scanIssues.filter((i) => i.level === "error").length,
+    skipped: r.scanIssues.filter((i) => i.level === "warning").length,
+    deletesSkipped: r.deletesSkipped,
+    bytes: r.bytesCopied,
+    hashed: r.hashed,
+    entries: r.entries,
+    digest: r.digest,
+    manifestWritten: r.manifestWritten,
+    stopped: r.stopped,
+    durationMs: Math.round(r.durationMs),
+    exitCode: r.exitCode,
+  };
+}

@@ -1,0 +1,274 @@
+/**
+ * The local-folder target: the only code that writes into a replica.
+ *
+ * Rules it keeps:
+ * - Content lands under a temporary name in the destination folder
+ *   (`.mimeo-tmp-<8 hex>-<name>`), gets its mode and mtime, then is renamed into place.
+ *   A crash leaves at most a temporary file, which the next run deletes.
+ * - It never writes through a symlink: before anything is created inside a folder, every
+ *   component of that folder below the replica root is checked with `lstat` to be a real
+ *   folder (cached per run). Temporary files are created with `O_EXCL`, and renames and
+ *   deletions act on the link itself.
+ * - Folders whose final mode would stop the owner from writing into them get that mode
+ *   at the end of the run ({@linkcode FsTarget.finish}).
+ *
+ * @module
+ */
+import { UnsafeConfigError } from "./errors.ts";
+import { CHUNK, copyAndHashSync, type HashResult, newHasher } from "./hash.ts";
+import { type Fingerprint, isWithin, parentOf } from "./types.ts";
+
+/** A written but not yet committed file. */
+export interface PendingWrite extends HashResult {
+  /** Rename the temporary file into place; returns the replica fingerprint. */
+  commit(): Fingerprint;
+  /** Delete the temporary file. */
+  discard(): void;
+}
+
+/** Metadata to give a file. */
+export interface FileMeta {
+  mode: number;
+  mtime: number;
+}
+
+/** What `apply` needs from a replica; a remote replica would implement the same. */
+export interface Target {
+  readonly root: string;
+  mkdir(path: string, mode: number): void;
+  rename(from: string, to: string): void;
+  /** Write `from`'s content to `path` via a temporary file (not yet in place). */
+  writeFile(
+    path: string,
+    from: Deno.FsFile,
+    meta: FileMeta,
+    signal?: AbortSignal,
+  ): Promise<PendingWrite>;
+  symlink(path: string, target: string): void;
+  setMeta(path: string, kind: "file" | "dir", mode?: number, mtime?: number): Fingerprint;
+  remove(path: string): void;
+  rmdir(path: string): void;
+  /** Finish the run: apply deferred folder modes. */
+  finish(): void;
+}
+
+function randomHex(): string {
+  const b = crypto.getRandomValues(new Uint8Array(4));
+  return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+}
+
+function fingerprintOf(st: Deno.FileInfo): Fingerprint {
+  return [st.ino ?? 0, st.ctime?.getTime() ?? 0];
+}
+
+/** Yield to the event loop so signals and timers get a turn during long work. */
+export function yieldToEventLoop(): Promise<void> {
+  return new Promise((r) => setTimeout(r, 0));
+}
+
+/** A replica folder on the local file system. */
+export class FsTarget implements Target {
+  #safeDirs = new Set<string>([""]);
+  #deferredModes = new Map<string, number>();
+
+  /** @param root absolute, already resolved path of the replica folder */
+  constructor(readonly root: string) {}
+
+  #abs(path: string): string {
+    return `${this.root}/${path}`;
+  }
+
+  /** Throw unless every component of `dir` below the root is a real folder. */
+  #checkDir(dir: string): void {
+    if (this.#safeDirs.has(dir)) return;
+    this.#checkDir(parentOf(dir));
+    const st = Deno.lstatSync(this.#abs(dir));
+    if (!st.isDirectory) {
+      throw new UnsafeConfigError(
+        `refusing to write through '${dir}': it is ${
+          st.isSymlink ? "a symlink" : "not a folder"
+        } in the replica`,
+      );
+    }
+    this.#safeDirs.add(dir);
+  }
+
+  #forget(dir: string): void {
+    for (const d of this.#safeDirs) if (d !== "" && isWithin(d, dir)) this.#safeDirs.delete(d);
+  }
+
+  #tempFor(path: string): string {
+    const dir = parentOf(path);
+    const base = path.slice(dir.length ? dir.length + 1 : 0).slice(0, 180);
+    return `${dir ? dir + "/" : ""}.mimeo-tmp-${randomHex()}-${base}`;
+  }
+
+  mkdir(path: string, mode: number): void {
+    this.#checkDir(parentOf(path));
+    const abs = this.#abs(path);
+    try {
+      Deno.mkdirSync(abs, { mode: 0o700 });
+    } catch (e) {
+      if (!(e instanceof Deno.errors.AlreadyExists) || !Deno.lstatSync(abs).isDirectory) throw e;
+    }
+    this.#applyDirMode(path, mode);
+    this.#safeDirs.add(path);
+  }
+
+  #applyDirMode(path: string, mode: number): void {
+    // Keep the owner able to write into it until the run ends.
+    const now = mode | 0o700;
+    Deno.chmodSync(this.#abs(path), now);
+    if (now !== mode) this.#deferredModes.set(path, mode);
+    else this.#deferredModes.delete(path);
+  }
+
+  rename(from: string, to: string): void {
+    this.#checkDir(parentOf(from));
+    this.#checkDir(parentOf(to));
+    Deno.renameSync(this.#abs(from), this.#abs(to));
+    this.#forget(from);
+    const moved = [...this.#deferredModes].filter(([d]) => isWithin(d, from));
+    for (const [d, m] of moved) {
+      this.#deferredModes.delete(d);
+      this.#deferredModes.set(to + d.slice(from.length), m);
+    }
+  }
+
+  async writeFile(
+    path: string,
+    from: Deno.FsFile,
+    meta: FileMeta,
+    signal?: AbortSignal,
+  ): Promise<PendingWrite> {
+    this.#checkDir(parentOf(path));
+    const tmp = this.#abs(this.#tempFor(path));
+    const out = Deno.openSync(tmp, { write: true, createNew: true, mode: 0o600 });
+    let result: HashResult;
+    try {
+      result = await copyChunked(from, out, signal);
+      out.utimeSync(new Date(), new Date(meta.mtime));
+    } catch (e) {
+      out.close();
+      removeQuietly(tmp);
+      throw e;
+    }
+    out.close();
+    try {
+      Deno.chmodSync(tmp, meta.mode);
+    } catch (e) {
+      removeQuietly(tmp);
+      throw e;
+    }
+    const dest = this.#abs(path);
+    return {
+      ...result,
+      commit: () => {
+        try {
+          Deno.renameSync(tmp, dest);
+        } catch (e) {
+          removeQuietly(tmp);
+          throw e;
+        }
+        return fingerprintOf(Deno.lstatSync(dest));
+      },
+      discard: () => removeQuietly(tmp),
+    };
+  }
+
+  symlink(path: string, target: string): void {
+    this.#checkDir(parentOf(path));
+    const tmp = this.#abs(this.#tempFor(path));
+    Deno.symlinkSync(target, tmp);
+    try {
+      Deno.renameSync(tmp, this.#abs(path));
+    } catch (e) {
+      removeQuietly(tmp);
+      throw e;
+    }
+  }
+
+  setMeta(path: string, kind: "file" | "dir", mode?: number, mtime?: number): Fingerprint {
+    this.#checkDir(parentOf(path));
+    const abs = this.#abs(path);
+    const st = Deno.lstatSync(abs);
+    if (kind === "file" ? !st.isFile : !st.isDirectory) {
+      throw new Error(`'${path}' is no longer a ${kind === "file" ? "file" : "folder"}`);
+    }
+    if (kind === "dir") {
+      if (mode !== undefined) this.#applyDirMode(path, mode);
+    } else {
+      if (mode !== undefined) Deno.chmodSync(abs, mode);
+      if (mtime !== undefined) Deno.utimeSync(abs, new Date(), new Date(mtime));
+    }
+    return fingerprintOf(Deno.lstatSync(abs));
+  }
+
+  remove(path: string): void {
+    this.#checkDir(parentOf(path));
+    const abs = this.#abs(path);
+    try {
+      if (Deno.lstatSync(abs).isDirectory) throw new Error(`'${path}' is now a folder`);
+      Deno.removeSync(abs);
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+  }
+
+  rmdir(path: string): void {
+    this.#checkDir(parentOf(path));
+    try {
+      Deno.removeSync(this.#abs(path));
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+    this.#forget(path);
+    this.#deferredModes.delete(path);
+  }
+
+  finish(): void {
+    const dirs = [...this.#deferredModes.keys()].sort().reverse();
+    for (const d of dirs) {
+      try {
+        Deno.chmodSync(this.#abs(d), this.#deferredModes.get(d)!);
+      } catch { /* the folder went away; nothing to restore */ }
+    }
+    this.#deferredModes.clear();
+  }
+}
+
+/** Copy with hashing; large files yield to the event loop every 64 MiB. */
+async function copyChunked(
+  from: Deno.FsFile,
+  to: Deno.FsFile,
+  signal?: AbortSignal,
+): Promise<HashResult> {
+  const st = from.statSync();
+  if (st.size <= 64 * CHUNK) return copyAndHashSync(from, to, signal);
+  const h = newHasher();
+  const buf = new Uint8Array(CHUNK);
+  let size = 0;
+  let sinceYield = 0;
+  for (;;) {
+    signal?.throwIfAborted();
+    const n = from.readSync(buf);
+    if (n === null || n === 0) break;
+    const chunk = n === CHUNK ? buf : buf.subarray(0, n);
+    h.update(chunk);
+    let off = 0;
+    while (off < n) off += to.writeSync(chunk.subarray(off));
+    size += n;
+    sinceYield += n;
+    if (sinceYield >= 64 * CHUNK) {
+      sinceYield = 0;
+      await yieldToEventLoop();
+    }
+  }
+  return { sha256: h.digest("hex"), size };
+}
+
+function removeQuietly(abs: string): void {
+  try {
+    Deno.removeSync(abs);
+  } catch { /* already gone */ }
+}

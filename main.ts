@@ -1,0 +1,254 @@
+/**
+ * mimeo's entry point: parse the command line, run, and turn every error into one line on
+ * stderr and an exit code. This is the only place that decides exit codes.
+ *
+ * @module
+ */
+import { eventOf } from "./lib/apply.ts";
+import { type Command, COMMAND_HELP, HELP, parseCommand, VERSION } from "./lib/cli.ts";
+import { errorMessage, ExitCode, MimeoError, StoppedError } from "./lib/errors.ts";
+import { configureLogging, flushConsole, humanLine, logEvent, setLogContext } from "./lib/log.ts";
+import { serializeManifest, treeDigest, writeFileAtomicSync } from "./lib/manifest.ts";
+import { type Op } from "./lib/plan.ts";
+import { createProgress } from "./lib/progress.ts";
+import { summaryFields, sync, type SyncOptions } from "./lib/sync.ts";
+import { buildManifest, verify } from "./lib/verify.ts";
+import { runPeriodic } from "./lib/watch.ts";
+import { runWatch } from "./lib/watch_fs.ts";
+
+const enc = new TextEncoder();
+function out(text: string): void {
+  const data = enc.encode(text);
+  let off = 0;
+  while (off < data.length) off += Deno.stdout.writeSync(data.subarray(off));
+}
+function err(text: string): void {
+  flushConsole();
+  Deno.stderr.writeSync(enc.encode(text));
+}
+
+/** An operation as JSON (modes as octal text, mtimes as ISO dates). */
+function opJson(op: Op): Record<string, unknown> {
+  const o: Record<string, unknown> = { ...op };
+  if (typeof o.mode === "number") o.mode = (o.mode as number).toString(8).padStart(4, "0");
+  if (typeof o.mtime === "number") o.mtime = new Date(o.mtime as number).toISOString();
+  return o;
+}
+
+function printPlan(ops: Op[], json: boolean, summary: Record<string, unknown>): void {
+  if (json) {
+    out(JSON.stringify({ ops: ops.map(opJson), summary }) + "\n");
+    return;
+  }
+  const lines = ops.map((op) => humanLine("info", eventOf(op)));
+  lines.push(
+    ops.length ? `${ops.length} operations planned` : "nothing to do: the replica is up to date",
+  );
+  out(lines.join("\n") + "\n");
+}
+
+/** Install SIGINT/SIGTERM handlers that abort `ac`; a second signal exits at once. */
+function trapSignals(ac: AbortController): () => void {
+  const handlers: [Deno.Signal, () => void][] = [];
+  for (const sig of ["SIGINT", "SIGTERM"] as const) {
+    const h = () => {
+      if (ac.signal.aborted) {
+        err(`mimeo: ${sig} again; exiting now (the next run cleans up)\n`);
+        Deno.exit(new StoppedError(sig).exitCode);
+      }
+      logEvent("warning", {
+        event: "stop",
+        signal: sig,
+        message: `${sig} received; stopping after the current operation`,
+      });
+      ac.abort(new StoppedError(sig));
+    };
+    Deno.addSignalListener(sig, h);
+    handlers.push([sig, h]);
+  }
+  return () => {
+    for (const [s, h] of handlers) Deno.removeSignalListener(s, h);
+  };
+}
+
+async function runSync(cmd: Extract<Command, { command: "sync" | "plan" }>): Promise<number> {
+  const dryRun = cmd.command === "plan" || cmd.dryRun;
+  const isSync = cmd.command === "sync" ? cmd : undefined;
+  const close = configureLogging({
+    console: cmd.verbosity,
+    logFile: isSync?.log
+      ? {
+        path: isSync.log,
+        rotate: isSync.logRotate,
+        maxSize: isSync.logMaxSize,
+        maxFiles: isSync.logMaxFiles,
+      }
+      : undefined,
+  });
+  const ac = new AbortController();
+  const untrap = trapSignals(ac);
+  const progress = isSync && !dryRun ? createProgress(isSync.progress, cmd.verbosity) : undefined;
+  const base: SyncOptions = {
+    source: cmd.source,
+    replica: cmd.replica,
+    manifest: cmd.manifest,
+    exclude: cmd.exclude,
+    ignoreFiles: cmd.ignoreFiles,
+    checksum: cmd.checksum,
+    dryRun,
+    maxDelete: cmd.maxDelete,
+    maxDeletePercent: cmd.maxDeletePercent,
+    allowEmptySource: cmd.allowEmptySource,
+    renames: cmd.renames,
+    signal: ac.signal,
+    logFile: isSync?.log,
+    progress: progress?.update,
+  };
+
+  /** One run; in a loop, failures are logged and the loop goes on. */
+  const once = async (run: number, extra: Partial<SyncOptions> = {}): Promise<number> => {
+    setLogContext({ run });
+    logEvent("debug", {
+      event: "start",
+      source: cmd.source,
+      replica: cmd.replica,
+      dryRun,
+      message: `run ${run}: ${cmd.source} -> ${cmd.replica}${dryRun ? " (dry run)" : ""}`,
+    });
+    try {
+      const report = await sync({ ...base, ...extra });
+      progress?.clear();
+      if (dryRun) printPlan(report.ops, cmd.json, summaryFields(report));
+      else if (cmd.json) out(JSON.stringify({ run, ...summaryFields(report) }) + "\n");
+      return report.exitCode;
+    } catch (e) {
+      progress?.clear();
+      if (ac.signal.aborted && (e === ac.signal.reason || e instanceof StoppedError)) {
+        return (ac.signal.reason as StoppedError).exitCode;
+      }
+      if (run === 1 || !(e instanceof MimeoError) || e.exitCode === ExitCode.Usage) {
+        // Configuration problems are fatal at the start; bugs are fatal always.
+        if (run === 1 || !(e instanceof MimeoError)) throw e;
+      }
+      logEvent("error", {
+        event: "run-failed",
+        code: e.constructor.name,
+        error: errorMessage(e),
+        message: `run ${run} failed: ${errorMessage(e)}; trying again`,
+      });
+      if (cmd.json) {
+        out(
+          JSON.stringify({ run, failed: true, error: errorMessage(e), exitCode: e.exitCode }) +
+            "\n",
+        );
+      }
+      return e.exitCode;
+    }
+  };
+
+  try {
+    let code: number;
+    if (isSync?.watch) {
+      code = await runWatch(once, {
+        source: cmd.source,
+        debounceMs: isSync.debounceMs,
+        safetyIntervalMs: isSync.intervalMs,
+        count: isSync.count,
+        signal: ac.signal,
+      });
+    } else if (isSync?.intervalMs !== undefined) {
+      code = await runPeriodic(once, {
+        intervalMs: isSync.intervalMs,
+        count: isSync.count,
+        signal: ac.signal,
+      });
+    } else code = await once(1);
+    if (ac.signal.aborted) {
+      const reason = ac.signal.reason as StoppedError;
+      logEvent("warning", {
+        event: "stopped",
+        signal: reason.signal,
+        message: `stopped cleanly by ${reason.signal}`,
+      });
+      return reason.exitCode;
+    }
+    return code;
+  } finally {
+    untrap();
+    progress?.clear();
+    close();
+  }
+}
+
+async function runManifest(cmd: Extract<Command, { command: "manifest" }>): Promise<number> {
+  const { manifest, issues } = await buildManifest(cmd.dir, {
+    exclude: cmd.exclude,
+    ignoreFiles: cmd.ignoreFiles,
+  });
+  for (const i of issues) err(`${i.level}: '${i.path}': ${i.message}\n`);
+  const digest = treeDigest(manifest.entries);
+  if (cmd.digestOnly) out(`${digest}\n`);
+  else if (cmd.out) {
+    writeFileAtomicSync(cmd.out, serializeManifest(manifest, false));
+    out(`${digest}  ${cmd.out}\n`);
+  } else out(serializeManifest(manifest, false));
+  return issues.some((i) => i.level === "error") ? ExitCode.PartialFailure : ExitCode.Ok;
+}
+
+async function runVerify(cmd: Extract<Command, { command: "verify" }>): Promise<number> {
+  const r = await verify(cmd.replica, { manifest: cmd.manifest, exclude: cmd.exclude });
+  if (cmd.json) out(JSON.stringify(r) + "\n");
+  else {
+    const lines = r.mismatches.map((m) =>
+      `${m.problem.padEnd(10)} ${m.path}${m.expected ? `  expected ${m.expected}` : ""}${
+        m.actual ? `  found ${m.actual}` : ""
+      }`
+    );
+    lines.push(
+      r.mismatches.length
+        ? `verify: ${r.mismatches.length} mismatches in ${r.checked} entries`
+        : `verify: ok, ${r.checked} entries match ${r.manifest}`,
+    );
+    out(lines.join("\n") + "\n");
+  }
+  return r.mismatches.length ? ExitCode.PartialFailure : ExitCode.Ok;
+}
+
+/** Run mimeo with these arguments; returns the exit code. */
+export async function main(argv: string[]): Promise<number> {
+  try {
+    const cmd = parseCommand(argv);
+    switch (cmd.command) {
+      case "help":
+        out(cmd.topic ? COMMAND_HELP[cmd.topic] : HELP);
+        return ExitCode.Ok;
+      case "version":
+        out(`mimeo ${VERSION}\n`);
+        return ExitCode.Ok;
+      case "manifest":
+        return await runManifest(cmd);
+      case "verify":
+        return await runVerify(cmd);
+      case "plan":
+      case "sync":
+        return await runSync(cmd);
+    }
+  } catch (e) {
+    if (e instanceof MimeoError) {
+      err(`mimeo: ${e.message}\n`);
+      return e.exitCode;
+    }
+    if (e instanceof Deno.errors.NotCapable) {
+      err(`mimeo: ${errorMessage(e)}\n`);
+      return ExitCode.Usage;
+    }
+    err(`mimeo: unexpected error: ${errorMessage(e)}\n`);
+    const env = Deno.permissions.querySync({ name: "env", variable: "MIMEO_DEBUG" });
+    if (env.state === "granted" && Deno.env.get("MIMEO_DEBUG")) err(`${(e as Error).stack}\n`);
+    return ExitCode.PartialFailure;
+  }
+}
+
+if (import.meta.main) {
+  Deno.exit(await main(Deno.args));
+}
