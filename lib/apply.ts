@@ -93,7 +93,7 @@ async function copyFile(
       const fp = w.commit();
       const srcNode: FileNode = { ...expect, sha256: w.sha256, hashedAt: startedAt };
       o.src.set(path, srcNode);
-      return { ...expect, sha256: w.sha256, fp, hashedAt: undefined };
+      return { ...expect, sha256: w.sha256, fp, hashedAt: Date.now() };
     }
     w.discard();
     if (!after.isFile) throw new Error("source file vanished or changed type while being copied");
@@ -168,7 +168,7 @@ export async function applyPlan(p: Plan, o: ApplyOptions): Promise<ApplyReport> 
           if (op.kind === "file") {
             const old = state.get(op.from) as FileNode;
             const st = Deno.lstatSync(`${target.root}/${op.to}`);
-            node = { ...old, fp: [st.ino ?? 0, st.ctime?.getTime() ?? 0] };
+            node = { ...old, fp: [st.ino ?? 0, st.ctime?.getTime() ?? 0], hashedAt: Date.now() };
           }
           break;
         case "copy":
@@ -182,7 +182,13 @@ export async function applyPlan(p: Plan, o: ApplyOptions): Promise<ApplyReport> 
           const fp = target.setMeta(op.path, op.kind, op.mode, op.mtime);
           const old = state.get(op.path);
           if (old?.type === "file") {
-            node = { ...old, mode: op.mode ?? old.mode, mtime: op.mtime ?? old.mtime, fp };
+            node = {
+              ...old,
+              mode: op.mode ?? old.mode,
+              mtime: op.mtime ?? old.mtime,
+              fp,
+              hashedAt: Date.now(),
+            };
           }
           break;
         }

@@ -173,7 +173,14 @@ function commonSuffixParents(p: string, q: string): [string, string] | undefined
     j--;
     common++;
   }
-  if (common === 0 || i < 0 || j < 0) return undefined;
+  if (i < 0 || j < 0) {
+    // One side is all tail (a folder moved deeper or shallower under the same name):
+    // give one segment back so both folders are non-empty, e.g. a/1 → x/y/a/1 votes a → x/y/a.
+    i++;
+    j++;
+    common--;
+  }
+  if (common === 0) return undefined;
   return [a.slice(0, i + 1).join("/"), b.slice(0, j + 1).join("/")];
 }
 

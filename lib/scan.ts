@@ -19,6 +19,21 @@ import type { FileNode, Node, ScanIssue, Tree } from "./types.ts";
  */
 export const RACY_WINDOW_MS = 2000;
 
+/** Deno reports ctime in whole seconds: a change within the same second keeps it. */
+export const CTIME_TICK_MS = 1000;
+
+/**
+ * Whether a file's recorded hash may be trusted later from its stat fingerprint: the hash
+ * must have been taken (`hashedAt`) after the mtime's racy window and after the ctime's
+ * second had ended. Otherwise a later same-size rewrite could keep the whole fingerprint.
+ * Nodes without `hashedAt` were trusted from the cache and stay trusted.
+ */
+export function isTrustworthy(n: FileNode): boolean {
+  if (n.hashedAt === undefined) return true;
+  return n.hashedAt - n.mtime >= RACY_WINDOW_MS &&
+    (!n.fp || n.hashedAt >= n.fp[1] + CTIME_TICK_MS);
+}
+
 /** Decides whether a relative path is excluded; `isDir` adds the trailing-slash form. */
 export type PathFilter = (path: string, isDir: boolean) => boolean;
 

@@ -18,8 +18,9 @@ import {
 import { countOps, isTempPath, type Op, type Plan, plan } from "./plan.ts";
 import { validatePaths } from "./paths.ts";
 import {
+  CTIME_TICK_MS,
   hashNode,
-  RACY_WINDOW_MS,
+  isTrustworthy,
   reuseReplicaHashes,
   reuseSourceHashes,
   scanTree,
@@ -183,13 +184,32 @@ async function resolveHashes(
   issues: ScanIssue[],
   signal?: AbortSignal,
 ): Promise<{ source: number; replica: number }> {
+  // Sizes of replica files at vanishing paths, and of source files at new paths: only
+  // those can pair up as renames, so only those need hashing on either side.
   const removedSizes = new Set<number>();
   for (const [q, v] of rep) {
     if (v.type === "file" && src.get(q)?.type !== "file") removedSizes.add(v.size);
   }
+  const newSizes = new Set<number>();
+  for (const [p, s] of src) {
+    if (s.type === "file" && rep.get(p)?.type !== "file") newSizes.add(s.size);
+  }
   let source = 0;
   let replica = 0;
   let last = performance.now();
+  for (const [q, v] of rep) {
+    if (v.type !== "file" || v.sha256 || !newSizes.has(v.size) || src.get(q)?.type === "file") {
+      continue;
+    }
+    const rn = { ...v };
+    replica++;
+    if (!hashNode(`${repRoot}/${q}`, q, rn)) rep.set(q, rn);
+    if (performance.now() - last > 50) {
+      signal?.throwIfAborted();
+      await yieldToEventLoop();
+      last = performance.now();
+    }
+  }
   for (const [p, s] of src) {
     if (s.type !== "file") continue;
     const r = rep.get(p);
@@ -235,11 +255,14 @@ function recordManifest(state: Tree, src: Tree, repRoot: string): Manifest {
     entries.set(p, node);
     const s = src.get(p);
     const rec: CacheRecord = {};
-    if (node.fp) rec.dst = node.fp;
+    // A replica fingerprint is kept only if it was seen after its ctime second ended
+    // (otherwise a same-second rewrite could hide behind it): such files are re-hashed once.
+    if (node.fp && (node.hashedAt === undefined || node.hashedAt >= node.fp[1] + CTIME_TICK_MS)) {
+      rec.dst = node.fp;
+    }
     if (
       s?.type === "file" && s.sha256 === node.sha256 && s.size === node.size &&
-      s.mtime === node.mtime && s.fp &&
-      (s.hashedAt === undefined || s.hashedAt - s.mtime >= RACY_WINDOW_MS)
+      s.mtime === node.mtime && s.fp && isTrustworthy(s)
     ) rec.src = s.fp;
     if (rec.dst) cache.set(p, rec);
   }

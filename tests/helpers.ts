@@ -1,0 +1,193 @@
+/**
+ * Test helpers: temporary folders, running the CLI as a subprocess the way users do, and
+ * full snapshots of trees for equality checks.
+ */
+import { createHash } from "node:crypto";
+import nodeAssert from "node:assert/strict";
+
+/** Deep strict equality (node:assert), named like Deno's std for readability. */
+export function assertEquals<T>(actual: unknown, expected: T, msg?: string): asserts actual is T {
+  nodeAssert.deepStrictEqual(actual, expected, msg);
+}
+/** Truthiness assertion. */
+export function assert(value: unknown, msg?: string): asserts value {
+  nodeAssert.ok(value, msg);
+}
+/** Regex assertion. */
+export function assertMatch(text: string, re: RegExp, msg?: string): void {
+  nodeAssert.match(text, re, msg);
+}
+/** Negative regex assertion. */
+export function assertNotMatch(text: string, re: RegExp, msg?: string): void {
+  nodeAssert.doesNotMatch(text, re, msg);
+}
+
+/** The repository root. */
+export const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
+/** The CLI entry point. */
+export const MAIN = `${ROOT}/main.ts`;
+
+/** A temporary folder removed when disposed (`await using dir = await tempDir()`). */
+export async function tempDir(prefix = "mimeo-test-"): Promise<
+  { path: string; [Symbol.asyncDispose](): Promise<void> }
+> {
+  const path = await Deno.makeTempDir({ prefix });
+  return {
+    path,
+    async [Symbol.asyncDispose]() {
+      // Make read-only folders removable again before deleting.
+      await new Deno.Command("chmod", { args: ["-R", "u+rwx", path] }).output().catch(() => {});
+      await Deno.remove(path, { recursive: true }).catch(() => {});
+    },
+  };
+}
+
+/** What a CLI run produced. */
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Options for {@linkcode mimeo}. */
+export interface CliOptions {
+  cwd?: string;
+  /** Deno permission flags. @default ["--allow-read", "--allow-write"] */
+  permissions?: string[];
+  env?: Record<string, string>;
+}
+
+/** Run `deno run <permissions> main.ts ...args` and wait for it. */
+export async function mimeo(args: string[], o: CliOptions = {}): Promise<CliResult> {
+  const cmd = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--quiet",
+      ...(o.permissions ?? ["--allow-read", "--allow-write"]),
+      MAIN,
+      ...args,
+    ],
+    cwd: o.cwd,
+    env: { NO_COLOR: "1", ...o.env },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  });
+  const r = await cmd.output();
+  const dec = new TextDecoder();
+  return { code: r.code, stdout: dec.decode(r.stdout), stderr: dec.decode(r.stderr) };
+}
+
+/** Start the CLI without waiting (for signals, watch mode, kills). */
+export function spawnMimeo(args: string[], o: CliOptions = {}): Deno.ChildProcess {
+  return new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--quiet",
+      ...(o.permissions ?? ["--allow-read", "--allow-write"]),
+      MAIN,
+      ...args,
+    ],
+    cwd: o.cwd,
+    env: { NO_COLOR: "1", ...o.env },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+}
+
+/** Collect a child's output and exit code. */
+export async function finish(child: Deno.ChildProcess): Promise<CliResult> {
+  const r = await child.output();
+  const dec = new TextDecoder();
+  return { code: r.code, stdout: dec.decode(r.stdout), stderr: dec.decode(r.stderr) };
+}
+
+/** One entry of a snapshot. */
+export type SnapEntry =
+  | { type: "file"; sha256: string; size: number; mode: string; mtime: number }
+  | { type: "dir"; mode: string }
+  | { type: "symlink"; target: string }
+  | { type: "other" };
+
+/** Every entry under `root`, by relative path: content hash, mode, mtime, link target. */
+export function snapshot(root: string, opts: { mtimes?: boolean } = {}): Record<string, SnapEntry> {
+  const out: Record<string, SnapEntry> = {};
+  const walk = (rel: string) => {
+    const abs = rel ? `${root}/${rel}` : root;
+    for (const e of [...Deno.readDirSync(abs)].sort((a, b) => a.name < b.name ? -1 : 1)) {
+      const p = rel ? `${rel}/${e.name}` : e.name;
+      const st = Deno.lstatSync(`${root}/${p}`);
+      const mode = ((st.mode ?? 0) & 0o7777).toString(8).padStart(4, "0");
+      if (st.isSymlink) out[p] = { type: "symlink", target: Deno.readLinkSync(`${root}/${p}`) };
+      else if (st.isDirectory) {
+        out[p] = { type: "dir", mode };
+        walk(p);
+      } else if (st.isFile) {
+        const data = Deno.readFileSync(`${root}/${p}`);
+        out[p] = {
+          type: "file",
+          sha256: createHash("sha256").update(data).digest("hex"),
+          size: st.size,
+          mode,
+          mtime: opts.mtimes === false ? 0 : st.mtime!.getTime(),
+        };
+      } else out[p] = { type: "other" };
+    }
+  };
+  walk("");
+  return out;
+}
+
+/** Assert the replica holds exactly the source's entries (content, modes, mtimes, links). */
+export function assertMirror(source: string, replica: string, msg?: string): void {
+  assertEquals(snapshot(replica), snapshot(source), msg);
+}
+
+/** Write a tree: `path -> content` for files, `path/` -> null for folders, `{link}` for symlinks. */
+export function writeTree(
+  root: string,
+  spec: Record<string, string | Uint8Array | null | { link: string }>,
+): void {
+  for (const [p, v] of Object.entries(spec)) {
+    const abs = `${root}/${p.replace(/\/$/, "")}`;
+    const parent = abs.slice(0, abs.lastIndexOf("/"));
+    Deno.mkdirSync(parent, { recursive: true });
+    if (v === null) Deno.mkdirSync(abs, { recursive: true });
+    else if (typeof v === "string") Deno.writeTextFileSync(abs, v);
+    else if (v instanceof Uint8Array) Deno.writeFileSync(abs, v);
+    else Deno.symlinkSync(v.link, abs);
+  }
+}
+
+/** Parse JSON Lines text into objects. */
+export function jsonLines(text: string): Record<string, unknown>[] {
+  return text.split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l));
+}
+
+/** Set a file's mtime to a fixed past time (keeps the racy-timestamp window out of tests). */
+export function age(path: string, msAgo = 60_000): void {
+  const t = new Date(Date.now() - msAgo);
+  Deno.utimeSync(path, t, t);
+}
+
+/** Age every file under root (see {@linkcode age}). */
+export function ageTree(root: string, msAgo = 60_000): void {
+  for (const [p, e] of Object.entries(snapshot(root, { mtimes: false }))) {
+    if (e.type === "file") age(`${root}/${p}`, msAgo);
+  }
+}
+
+/** Wait until `check` returns true, polling; throws after `timeoutMs`. */
+export async function waitFor(
+  check: () => boolean | Promise<boolean>,
+  timeoutMs: number,
+  what = "condition",
+): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    if (await check()) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+}

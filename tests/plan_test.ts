@@ -1,0 +1,246 @@
+/** Unit tests of the pure planner on in-memory trees. */
+import { applyOp, isTempPath, type Op, plan } from "../lib/plan.ts";
+import type { Node, Tree } from "../lib/types.ts";
+import { assert, assertEquals } from "./helpers.ts";
+
+const H = (c: string) => c.repeat(64).slice(0, 64);
+const f = (hash: string, size = 10, mode = 0o644, mtime = 1000): Node => ({
+  type: "file",
+  size,
+  mode,
+  mtime,
+  sha256: H(hash),
+});
+const d = (mode = 0o755): Node => ({ type: "dir", mode });
+const l = (target: string): Node => ({ type: "symlink", target });
+const tree = (o: Record<string, Node>): Tree => new Map(Object.entries(o));
+
+/** Apply a plan to a copy of the replica and check it equals the source (content-wise). */
+function simulate(src: Tree, rep: Tree, ops: Op[]): Tree {
+  const t = new Map(rep);
+  for (const op of ops) applyOp(t, op);
+  const norm = (x: Tree) =>
+    Object.fromEntries(
+      [...x].sort(([a], [b]) => (a < b ? -1 : 1)).map(([p, n]) => [
+        p,
+        n.type === "file" ? { t: n.type, h: n.sha256 ?? "?", m: n.mode, mt: n.mtime } : n,
+      ]),
+    );
+  assertEquals(norm(t), norm(src));
+  return t;
+}
+
+/** Check each op is valid when it runs: parents exist as folders, targets free or replaced. */
+function assertValidOrder(rep: Tree, ops: Op[]): void {
+  const t = new Map(rep);
+  const parentOk = (p: string) => {
+    const i = p.lastIndexOf("/");
+    return i < 0 || t.get(p.slice(0, i))?.type === "dir";
+  };
+  for (const op of ops) {
+    const path = op.op === "rename" ? op.to : op.path;
+    assert(parentOk(path), `parent of ${path} missing for ${JSON.stringify(op)}`);
+    if (op.op === "mkdir") assert(!t.has(op.path), `mkdir over existing ${op.path}`);
+    if (op.op === "rename") assert(!t.has(op.to), `rename onto existing ${op.to}`);
+    if (op.op === "rmdir") {
+      assert(
+        [...t.keys()].every((k) => !k.startsWith(op.path + "/")),
+        `rmdir non-empty ${op.path}`,
+      );
+    }
+    if (op.op === "copy" || op.op === "symlink" || op.op === "update") {
+      assert(t.get(path)?.type !== "dir", `${op.op} over a folder at ${path}`);
+    }
+    applyOp(t, op);
+  }
+}
+
+function check(src: Tree, rep: Tree) {
+  const p = plan(src, rep);
+  assertValidOrder(rep, p.ops);
+  simulate(src, rep, p.ops);
+  return p;
+}
+
+Deno.test("plan() of identical trees is empty", () => {
+  const t = tree({ a: d(), "a/x": f("1"), l: l("a/x") });
+  assertEquals(plan(t, new Map(t)).ops, []);
+});
+
+Deno.test("plan() into an empty replica creates folders first, then files and links", () => {
+  const src = tree({ a: d(), "a/b": d(0o700), "a/b/x": f("1"), e: d(), l: l("a") });
+  const p = check(src, new Map());
+  assertEquals(p.ops.map((o) => o.op), ["mkdir", "mkdir", "mkdir", "copy", "symlink"]);
+  assertEquals(p.bytesToCopy, 10);
+});
+
+Deno.test("plan() renames a moved file instead of copying it", () => {
+  const p = check(tree({ "new.txt": f("1") }), tree({ "old.txt": f("1") }));
+  assertEquals(p.ops, [{ op: "rename", from: "old.txt", to: "new.txt", kind: "file" }]);
+});
+
+Deno.test("plan() renames a moved folder as one operation", () => {
+  const rep = tree({ big: d(), "big/s": d(), "big/s/1": f("1"), "big/2": f("2"), "big/3": f("3") });
+  const src = tree({
+    big2: d(),
+    "big2/s": d(),
+    "big2/s/1": f("1"),
+    "big2/2": f("2"),
+    "big2/3": f("3"),
+  });
+  const p = check(src, rep);
+  assertEquals(p.ops, [{ op: "rename", from: "big", to: "big2", kind: "dir" }]);
+});
+
+Deno.test("plan() renames a folder moved deeper and fixes what changed inside", () => {
+  const rep = tree({ a: d(), "a/1": f("1"), "a/2": f("2"), "a/old": f("9") });
+  const src = tree({
+    x: d(),
+    "x/y": d(),
+    "x/y/a": d(),
+    "x/y/a/1": f("1"),
+    "x/y/a/2": f("2", 10, 0o600),
+    "x/y/a/new": f("8"),
+  });
+  const p = check(src, rep);
+  assertEquals(p.ops.filter((o) => o.op === "rename").length, 1);
+  assertEquals(p.ops.filter((o) => o.op === "copy").length, 1);
+  assert(p.ops.some((o) => o.op === "meta" && o.path === "x/y/a/2" && o.mode === 0o600));
+  assert(p.ops.some((o) => o.op === "delete" && o.path === "x/y/a/old"));
+});
+
+Deno.test("plan() handles log rotation: old content renamed, new content copied", () => {
+  const p = check(tree({ "a.log": f("2"), "a.log.1": f("1") }), tree({ "a.log": f("1") }));
+  assertEquals(p.ops.map((o) => o.op), ["rename", "copy"]);
+});
+
+Deno.test("plan() swaps two files by updating both (no rename onto an existing path)", () => {
+  const p = check(tree({ a: f("2"), b: f("1") }), tree({ a: f("1"), b: f("2") }));
+  assertEquals(p.ops.map((o) => o.op), ["update", "update"]);
+});
+
+Deno.test("plan() gives a metadata-only change a meta operation, not a copy", () => {
+  const p = check(tree({ x: f("1", 10, 0o755, 5000) }), tree({ x: f("1", 10, 0o644, 1000) }));
+  assertEquals(p.ops, [{ op: "meta", path: "x", kind: "file", mode: 0o755, mtime: 5000 }]);
+  assertEquals(p.bytesToCopy, 0);
+});
+
+Deno.test("plan() updates a file whose replica content is unknown", () => {
+  const rep = tree({ x: { type: "file", size: 10, mode: 0o644, mtime: 1000 } });
+  assertEquals(check(tree({ x: f("1") }), rep).ops.map((o) => o.op), ["update"]);
+});
+
+Deno.test("plan() copies a file whose source hash is deferred (hashed while copying)", () => {
+  const src = tree({ x: { type: "file", size: 5, mode: 0o644, mtime: 1 } });
+  const p = plan(src, new Map());
+  assertEquals(p.ops, [{ op: "copy", path: "x", size: 5, mtime: 1, mode: 0o644 }]);
+});
+
+Deno.test("plan() handles every type change", () => {
+  const rep = tree({
+    fd: f("1"), // file -> folder
+    df: d(), // folder -> file
+    "df/in": f("2"),
+    fl: f("3"), // file -> symlink
+    lf: l("t"), // symlink -> file
+    ld: l("t"), // symlink -> folder
+    dl: d(), // folder -> symlink
+    "dl/z": f("4"),
+  });
+  const src = tree({
+    fd: d(),
+    "fd/c": f("5"),
+    df: f("6"),
+    fl: l("u"),
+    lf: f("7"),
+    ld: d(),
+    dl: l("v"),
+  });
+  check(src, rep);
+});
+
+Deno.test("plan() reuses content from a folder that became a file", () => {
+  // df/in moves to top level while df becomes a file: rename first, then clear the folder.
+  const rep = tree({ df: d(), "df/in": f("2") });
+  const src = tree({ df: f("6"), in: f("2") });
+  const p = check(src, rep);
+  assertEquals(p.ops[0], { op: "rename", from: "df/in", to: "in", kind: "file" });
+});
+
+Deno.test("plan() deletes deepest first and only after copies", () => {
+  const rep = tree({ a: d(), "a/b": d(), "a/b/c": f("1"), keep: f("2") });
+  const p = check(tree({ keep: f("2"), n: f("3") }), rep);
+  assertEquals(p.ops.map((o) => o.op === "rename" ? o.to : o.path), ["n", "a/b/c", "a/b", "a"]);
+  assertEquals(p.ops.map((o) => o.op), ["copy", "delete", "rmdir", "rmdir"]);
+});
+
+Deno.test("plan() with allowDelete off keeps extras but still cleans temporary files", () => {
+  const rep = tree({ a: d(), "a/x": f("1"), ".mimeo-tmp-0123abcd-y": f("2") });
+  const p = plan(tree({}), rep, { allowDelete: false });
+  assertEquals(p.ops, [{ op: "delete", path: ".mimeo-tmp-0123abcd-y", kind: "file" }]);
+  assertEquals(p.deletesSkipped.sort(), ["a", "a/x"]);
+});
+
+Deno.test("plan() with renames off copies moved files", () => {
+  const p = plan(tree({ b: f("1") }), tree({ a: f("1") }), { renames: false });
+  assertEquals(p.ops.map((o) => o.op), ["copy", "delete"]);
+});
+
+Deno.test("plan() sets folder modes deepest first, after content", () => {
+  const rep = tree({ a: d(0o755), "a/b": d(0o755) });
+  const src = tree({ a: d(0o555), "a/b": d(0o500), "a/b/x": f("1") });
+  const p = check(src, rep);
+  assertEquals(p.ops.map((o) => `${o.op}:${o.op === "rename" ? o.to : o.path}`), [
+    "copy:a/b/x",
+    "meta:a/b",
+    "meta:a",
+  ]);
+});
+
+Deno.test("plan() does not rename a folder into itself", () => {
+  const rep = tree({ a: d(), "a/1": f("1"), "a/2": f("2") });
+  const src = tree({ b: d(), "b/a": d(), "b/a/1": f("1"), "b/a/2": f("2") });
+  check(src, rep);
+  const rep2 = tree({ a: d(), "a/1": f("1") });
+  const src2 = tree({ a: d(), "a/a": d(), "a/a/1": f("1") });
+  check(src2, rep2);
+});
+
+Deno.test("plan() renames a duplicated file once and copies the second", () => {
+  const p = check(tree({ x: f("1"), y: f("1") }), tree({ old: f("1") }));
+  assertEquals(p.ops.map((o) => o.op).sort(), ["copy", "rename"]);
+});
+
+Deno.test("isTempPath() recognizes mimeo's temporary names only", () => {
+  assert(isTempPath("a/.mimeo-tmp-0123abcd-file.txt"));
+  assert(!isTempPath("a/mimeo-tmp-0123abcd-file.txt"));
+  assert(!isTempPath(".mimeo-tmp-xyz-file"));
+});
+
+Deno.test("plan() survives a randomized property check (valid order, exact result)", () => {
+  let seed = 42;
+  const rnd = () => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed / 0x7fffffff;
+  };
+  const names = ["a", "b", "c", "d"];
+  const randomTree = (): Tree => {
+    const t: Tree = new Map();
+    const fill = (prefix: string, depth: number) => {
+      for (const n of names) {
+        if (rnd() < 0.45) continue;
+        const p = prefix ? `${prefix}/${n}` : n;
+        const r = rnd();
+        if (r < 0.3 && depth < 3) {
+          t.set(p, d(rnd() < 0.2 ? 0o700 : 0o755));
+          fill(p, depth + 1);
+        } else if (r < 0.85) {
+          t.set(p, f(String(Math.floor(rnd() * 4)), 10, 0o644, rnd() < 0.2 ? 1 : 2));
+        } else t.set(p, l(String(Math.floor(rnd() * 3))));
+      }
+    };
+    fill("", 0);
+    return t;
+  };
+  for (let i = 0; i < 400; i++) check(randomTree(), randomTree());
+});

@@ -1,0 +1,471 @@
+/** The CLI run as a user runs it, on real temp folders: `sync`, `plan`, `manifest`, `verify`. */
+import {
+  age,
+  ageTree,
+  assert,
+  assertEquals,
+  assertMatch,
+  assertMirror,
+  jsonLines,
+  mimeo,
+  snapshot,
+  tempDir,
+  writeTree,
+} from "./helpers.ts";
+
+type Summary = {
+  done: Record<string, number>;
+  failed: number;
+  bytes: number;
+  exitCode: number;
+  manifestWritten: boolean;
+  digest: string;
+  hashed: { source: number; replica: number };
+};
+
+async function syncJson(src: string, dst: string, ...extra: string[]): Promise<Summary> {
+  const r = await mimeo(["sync", src, dst, "--json", "--quiet", ...extra]);
+  assertEquals(r.code, 0, r.stderr);
+  const lines = jsonLines(r.stdout);
+  assertEquals(lines.length, 1, r.stdout);
+  return lines[0] as unknown as Summary;
+}
+
+function sample(root: string) {
+  writeTree(root, {
+    "docs/readme.md": "# hello\n",
+    "docs/deep/er/file.txt": "deep",
+    'with space/it\'s ünïcode "q".txt': "odd name",
+    ".dotfile": "hidden",
+    "-leading-dash": "dash",
+    "empty/": null,
+    "nested/empty/also/": null,
+    "bin/tool": "#!/bin/sh\necho hi\n",
+    "link-to-file": { link: "docs/readme.md" },
+    "link-to-dir": { link: "docs" },
+    "dangling": { link: "does/not/exist" },
+    "abs-link": { link: "/etc/hostname" },
+    "big.bin": new Uint8Array(3 * 1024 * 1024).map((_, i) => (i * 7) & 0xff),
+    "zero": "",
+  });
+  Deno.chmodSync(`${root}/bin/tool`, 0o755);
+  Deno.chmodSync(`${root}/docs/readme.md`, 0o600);
+  Deno.chmodSync(`${root}/nested/empty`, 0o700);
+  const t = new Date("2021-03-04T05:06:07.891Z");
+  Deno.utimeSync(`${root}/docs/readme.md`, t, t);
+  ageTree(root);
+  Deno.utimeSync(`${root}/docs/readme.md`, t, t);
+}
+
+Deno.test("sync mirrors files, empty folders, symlinks, modes and mtimes exactly", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  sample(src);
+  const r = await mimeo(["sync", src, dst]);
+  assertEquals(r.code, 0, r.stderr);
+  assertMirror(src, dst);
+  // Symlinks are links, never followed.
+  assertEquals(Deno.readLinkSync(`${dst}/link-to-dir`), "docs");
+  assert(Deno.lstatSync(`${dst}/link-to-dir`).isSymlink);
+  assertEquals(
+    Deno.lstatSync(`${dst}/docs/readme.md`).mtime!.toISOString(),
+    "2021-03-04T05:06:07.891Z",
+  );
+  // Console: one line per operation and a summary, on stderr.
+  assertMatch(r.stderr, /copy\s+big\.bin \(3\.0 MiB\)/);
+  assertMatch(r.stderr, /symlink link-to-dir -> docs/);
+  assertMatch(r.stderr, /mkdir\s+nested\/empty\/also\//);
+  assertMatch(r.stderr, /synced: .*copied/);
+  assertEquals(r.stdout, "");
+});
+
+Deno.test("sync stores a deterministic manifest beside the replica, not inside it", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  sample(src);
+  assertEquals((await mimeo(["sync", src, dst, "-q"])).code, 0);
+  const text = Deno.readTextFileSync(`${dst}.mimeo.json`);
+  const m = JSON.parse(text);
+  assertEquals(Object.keys(m), ["algorithm", "cache", "digest", "entries", "totals", "version"]);
+  assertEquals(m.version, 1);
+  assertEquals(m.algorithm, "sha256");
+  assertEquals(m.entries["docs/readme.md"], {
+    mode: "0600",
+    mtime: Date.parse("2021-03-04T05:06:07.891Z"),
+    // sha256 of "# hello\n"
+    sha256: "9e8b62f81ea5c66fa06ee53da032751386b37702153070c0e14dd1d316282fa7",
+    size: 8,
+    type: "file",
+  });
+  assertMatch(m.entries["docs/readme.md"].sha256, /^[0-9a-f]{64}$/);
+  assertEquals(m.entries["link-to-dir"], { target: "docs", type: "symlink" });
+  assertEquals(m.entries["nested/empty"], { mode: "0700", type: "dir" });
+  assertEquals(Object.keys(m.entries), Object.keys(m.entries).sort());
+  assert(!Object.keys(m.entries).some((p) => p.startsWith("/") || p.includes("..")));
+  assert(!JSON.stringify(snapshot(dst)).includes("mimeo.json"), "manifest must not be inside");
+  assertEquals(m.totals.files, 8);
+  // The digest equals the one `manifest` computes for the source and for the replica.
+  const a = await mimeo(["manifest", src, "--digest"]);
+  const b = await mimeo(["manifest", dst, "--digest"]);
+  assertEquals(a.stdout.trim(), m.digest);
+  assertEquals(b.stdout.trim(), m.digest);
+});
+
+Deno.test("a second sync with nothing changed writes nothing", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  sample(src);
+  await syncJson(src, dst);
+  // Files just written are re-hashed once (their ctime second had not ended): let it end.
+  await new Promise((r) => setTimeout(r, 1100));
+  await syncJson(src, dst);
+  const before = Deno.lstatSync(`${dst}.mimeo.json`);
+  const inode = Deno.lstatSync(`${dst}/big.bin`).ino;
+  const s = await syncJson(src, dst);
+  assertEquals(Object.values(s.done).reduce((a, b) => a + b, 0), 0);
+  assertEquals(s.bytes, 0);
+  assertEquals(s.hashed, { source: 0, replica: 0 });
+  assertEquals(s.manifestWritten, false);
+  assertEquals(Deno.lstatSync(`${dst}.mimeo.json`).mtime, before.mtime);
+  assertEquals(Deno.lstatSync(`${dst}/big.bin`).ino, inode);
+  const r = await mimeo(["sync", src, dst]);
+  assertMatch(r.stderr, /synced: nothing to do/);
+});
+
+Deno.test("sync copies only what changed: edits, additions, deletions", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  sample(src);
+  await syncJson(src, dst);
+  const untouched = Deno.lstatSync(`${dst}/docs/deep/er/file.txt`).ino;
+  Deno.writeTextFileSync(`${src}/docs/readme.md`, "# changed, longer\n");
+  Deno.writeTextFileSync(`${src}/new/sub/file.txt`.replace("/new/sub/file.txt", "/newfile"), "n");
+  Deno.removeSync(`${src}/zero`);
+  Deno.removeSync(`${src}/nested`, { recursive: true });
+  const s = await syncJson(src, dst);
+  assertEquals(s.done.update, 1);
+  assertEquals(s.done.copy, 1);
+  assertEquals(s.done.delete, 1);
+  assertEquals(s.done.rmdir, 3);
+  assertMirror(src, dst);
+  assertEquals(Deno.lstatSync(`${dst}/docs/deep/er/file.txt`).ino, untouched);
+});
+
+Deno.test("sync renames moved files and folders instead of copying them", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  writeTree(src, {
+    "assets/a.bin": new Uint8Array(100_000).fill(1),
+    "assets/sub/b.bin": new Uint8Array(200_000).fill(2),
+    "assets/sub/c.txt": "c",
+    "single.dat": new Uint8Array(50_000).fill(3),
+  });
+  ageTree(src);
+  await syncJson(src, dst);
+  const inoB = Deno.lstatSync(`${dst}/assets/sub/b.bin`).ino;
+  const inoS = Deno.lstatSync(`${dst}/single.dat`).ino;
+  Deno.mkdirSync(`${src}/moved/deeper`, { recursive: true });
+  Deno.renameSync(`${src}/assets`, `${src}/moved/deeper/assets2`);
+  Deno.renameSync(`${src}/single.dat`, `${src}/moved/single-renamed.dat`);
+  const s = await syncJson(src, dst);
+  assertEquals(s.done.rename, 2);
+  assertEquals(s.done.copy ?? 0, 0);
+  assertEquals(s.bytes, 0);
+  assertMirror(src, dst);
+  assertEquals(Deno.lstatSync(`${dst}/moved/deeper/assets2/sub/b.bin`).ino, inoB);
+  assertEquals(Deno.lstatSync(`${dst}/moved/single-renamed.dat`).ino, inoS);
+});
+
+Deno.test("a mode or mtime change is a metadata update, not a copy", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  writeTree(src, { "x.sh": "echo", "y.txt": "yy", "dir/": null });
+  ageTree(src);
+  await syncJson(src, dst);
+  const ino = Deno.lstatSync(`${dst}/x.sh`).ino;
+  Deno.chmodSync(`${src}/x.sh`, 0o755);
+  age(`${src}/y.txt`, 3_600_000);
+  Deno.chmodSync(`${src}/dir`, 0o750);
+  const s = await syncJson(src, dst);
+  assertEquals(s.done.meta, 3);
+  assertEquals(s.bytes, 0);
+  assertMirror(src, dst);
+  assertEquals(Deno.lstatSync(`${dst}/x.sh`).ino, ino);
+});
+
+Deno.test("sync handles type changes between file, folder and symlink", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  writeTree(src, {
+    "f2d": "file",
+    "d2f/inner.txt": "inner",
+    "f2l": "file",
+    "l2f": { link: "f2d" },
+    "l2d": { link: "f2d" },
+    "d2l/x": "x",
+  });
+  await syncJson(src, dst);
+  for (const p of ["f2d", "f2l"]) Deno.removeSync(`${src}/${p}`);
+  for (const p of ["d2f", "d2l"]) Deno.removeSync(`${src}/${p}`, { recursive: true });
+  for (const p of ["l2f", "l2d"]) Deno.removeSync(`${src}/${p}`);
+  writeTree(src, {
+    "f2d/child": "now a folder",
+    "d2f": "now a file",
+    "f2l": { link: "d2f" },
+    "l2f": "now a file",
+    "l2d/c": "now a folder",
+    "d2l": { link: "l2d" },
+  });
+  await syncJson(src, dst);
+  assertMirror(src, dst);
+});
+
+Deno.test("changes made in the replica behind mimeo's back are noticed and undone", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  sample(src);
+  await syncJson(src, dst);
+  // Same-size edit with the mtime put back: only size/mtime would miss it; inode/ctime don't.
+  const st = Deno.lstatSync(`${dst}/docs/deep/er/file.txt`);
+  Deno.writeTextFileSync(`${dst}/docs/deep/er/file.txt`, "DEEP");
+  Deno.utimeSync(`${dst}/docs/deep/er/file.txt`, st.atime!, st.mtime!);
+  Deno.removeSync(`${dst}/.dotfile`);
+  Deno.writeTextFileSync(`${dst}/extra.txt`, "not in source");
+  Deno.mkdirSync(`${dst}/extra-dir/sub`, { recursive: true });
+  Deno.chmodSync(`${dst}/bin/tool`, 0o600);
+  Deno.removeSync(`${dst}/link-to-dir`);
+  Deno.symlinkSync("elsewhere", `${dst}/link-to-dir`);
+  const s = await syncJson(src, dst);
+  assert(s.done.update >= 1 && s.done.copy >= 1 && s.done.delete >= 1, JSON.stringify(s.done));
+  assertMirror(src, dst);
+  const v = await mimeo(["verify", dst]);
+  assertEquals(v.code, 0, v.stdout);
+});
+
+Deno.test("--exclude and .mimeoignore leave paths out on both sides", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  writeTree(src, {
+    "keep.txt": "k",
+    "debug.log": "l",
+    "sub/also.log": "l",
+    "cache/big": "c",
+    "tmp/x": "t",
+    "important.log": "keep me",
+    ".mimeoignore": "# comments and globs\ntmp/\n!important.log\n",
+  });
+  writeTree(dst, { "replica-only.log": "excluded on the replica side is left alone" });
+  const r = await mimeo(["sync", src, dst, "--exclude", "*.log", "--exclude", "cache/", "-q"]);
+  assertEquals(r.code, 0, r.stderr);
+  assertEquals(
+    Object.keys(snapshot(dst)).sort(),
+    [".mimeoignore", "important.log", "keep.txt", "replica-only.log", "sub"],
+  );
+});
+
+Deno.test("--checksum finds a same-size edit that kept size and mtime", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  writeTree(src, { "a.txt": "aaaa" });
+  age(`${src}/a.txt`);
+  await syncJson(src, dst);
+  await syncJson(src, dst);
+  const st = Deno.lstatSync(`${src}/a.txt`);
+  // Replace the file by another inode whose stat looks the same except inode/ctime…
+  Deno.writeTextFileSync(`${src}/a.txt`, "bbbb");
+  Deno.utimeSync(`${src}/a.txt`, st.atime!, st.mtime!);
+  const s = await syncJson(src, dst, "--checksum");
+  assertEquals(s.done.update, 1);
+  assertMirror(src, dst);
+});
+
+Deno.test("plan and sync --dry-run print the operations and change nothing", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  writeTree(src, { "a/b.txt": "b", "c": { link: "a" } });
+  const p = await mimeo(["plan", src, dst]);
+  assertEquals(p.code, 0, p.stderr);
+  assertMatch(p.stdout, /mkdir\s+a\//);
+  assertMatch(p.stdout, /copy\s+a\/b\.txt/);
+  assertMatch(p.stdout, /3 operations planned/);
+  const n = await mimeo(["sync", src, dst, "--dry-run", "--json"]);
+  assertEquals(n.code, 0, n.stderr);
+  const j = JSON.parse(n.stdout);
+  assertEquals(j.ops.map((o: { op: string }) => o.op), ["mkdir", "copy", "symlink"]);
+  assertEquals(j.ops[0].mode, "0755");
+  let exists = true;
+  try {
+    Deno.lstatSync(dst);
+  } catch {
+    exists = false;
+  }
+  assertEquals(exists, false);
+  assertEquals(Object.keys(snapshot(d.path)).sort(), ["src", "src/a", "src/a/b.txt", "src/c"]);
+});
+
+Deno.test("manifest prints deterministic JSON, --out writes it, --digest prints the digest", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`;
+  sample(src);
+  const a = await mimeo(["manifest", src]);
+  const b = await mimeo(["manifest", src]);
+  assertEquals(a.code, 0, a.stderr);
+  assertEquals(a.stdout, b.stdout);
+  const m = JSON.parse(a.stdout);
+  assertEquals(m.cache, undefined);
+  assertMatch(m.digest, /^sha256:[0-9a-f]{64}$/);
+  const o = await mimeo(["manifest", src, "--out", `${d.path}/m.json`]);
+  assertEquals(o.stdout, `${m.digest}  ${d.path}/m.json\n`);
+  assertEquals(Deno.readTextFileSync(`${d.path}/m.json`), a.stdout);
+  // A different tree has a different digest; the same content elsewhere has the same.
+  Deno.writeTextFileSync(`${src}/zero`, "now not empty");
+  const c = await mimeo(["manifest", src, "--digest"]);
+  assert(c.stdout.trim() !== m.digest);
+});
+
+Deno.test("verify lists every mismatch and exits 1", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  sample(src);
+  await syncJson(src, dst);
+  const ok = await mimeo(["verify", dst]);
+  assertEquals(ok.code, 0, ok.stdout + ok.stderr);
+  assertMatch(ok.stdout, /verify: ok, \d+ entries/);
+  const st = Deno.lstatSync(`${dst}/big.bin`);
+  const data = Deno.readFileSync(`${dst}/big.bin`);
+  data[1000] ^= 0xff; // bit rot: same size, same mtime
+  Deno.writeFileSync(`${dst}/big.bin`, data);
+  Deno.utimeSync(`${dst}/big.bin`, st.atime!, st.mtime!);
+  Deno.removeSync(`${dst}/zero`);
+  Deno.writeTextFileSync(`${dst}/intruder`, "x");
+  Deno.chmodSync(`${dst}/bin/tool`, 0o700);
+  const bad = await mimeo(["verify", dst, "--json"]);
+  assertEquals(bad.code, 1);
+  const r = JSON.parse(bad.stdout);
+  assertEquals(
+    r.mismatches.map((m: { path: string; problem: string }) => `${m.problem}:${m.path}`),
+    ["content:big.bin", "mode:bin/tool", "extra:intruder", "missing:zero"],
+  );
+});
+
+Deno.test("a missing or corrupt manifest is a warning and a rebuild, never a crash", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  sample(src);
+  await syncJson(src, dst);
+  Deno.removeSync(`${dst}.mimeo.json`);
+  const r1 = await mimeo(["sync", src, dst]);
+  assertEquals(r1.code, 0, r1.stderr);
+  assertMatch(r1.stderr, /warning: no manifest at .*rebuilding/);
+  assertMatch(r1.stderr, /synced: nothing to do/);
+  for (
+    const junk of [
+      "{ not json",
+      '{"version": 99}',
+      '{"version":1,"algorithm":"sha256","entries":{"../x":{}}}',
+    ]
+  ) {
+    Deno.writeTextFileSync(`${dst}.mimeo.json`, junk);
+    const r = await mimeo(["sync", src, dst]);
+    assertEquals(r.code, 0, r.stderr);
+    assertMatch(r.stderr, /warning: .*not a valid mimeo manifest.*rebuilding/);
+    assertMirror(src, dst);
+    JSON.parse(Deno.readTextFileSync(`${dst}.mimeo.json`));
+  }
+});
+
+Deno.test("--manifest puts the manifest where asked", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  writeTree(src, { a: "a" });
+  const r = await mimeo(["sync", src, dst, "--manifest", `${d.path}/state/m.json`, "-q"]);
+  assertEquals(r.code, 1, "a missing folder for the manifest is reported");
+  Deno.mkdirSync(`${d.path}/state`);
+  const r2 = await mimeo(["sync", src, dst, "--manifest", `${d.path}/state/m.json`, "-q"]);
+  assertEquals(r2.code, 0, r2.stderr);
+  assert(Deno.statSync(`${d.path}/state/m.json`).isFile);
+});
+
+Deno.test("--log appends one JSON object per event with documented fields", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`, log = `${d.path}/mimeo.jsonl`;
+  writeTree(src, { "a.txt": "hello", "d/": null, "l": { link: "a.txt" } });
+  assertEquals((await mimeo(["sync", src, dst, "--log", log, "-q"])).code, 0);
+  Deno.renameSync(`${src}/a.txt`, `${src}/b.txt`);
+  assertEquals((await mimeo(["sync", src, dst, "--log", log, "-q"])).code, 0);
+  const lines = jsonLines(Deno.readTextFileSync(log));
+  for (const l of lines) {
+    assertMatch(String(l.timestamp), /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+    assert(["debug", "info", "warning", "error"].includes(String(l.level)), String(l.level));
+    assert(typeof l.event === "string");
+    assert(typeof l.run === "number");
+  }
+  const copy = lines.find((l) => l.event === "copy")!;
+  assertEquals(copy.path, "a.txt");
+  assertEquals(copy.bytes, 5);
+  assertEquals(copy.sha256, "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+  assert(lines.some((l) => l.event === "mkdir" && l.path === "d"));
+  assert(lines.some((l) => l.event === "symlink" && l.path === "l" && l.target === "a.txt"));
+  assert(lines.some((l) => l.event === "rename" && l.from === "a.txt" && l.path === "b.txt"));
+  const summaries = lines.filter((l) => l.event === "summary");
+  assertEquals(summaries.length, 2);
+  assert(typeof summaries[0].durationMs === "number" && typeof summaries[0].bytes === "number");
+  assert(lines.filter((l) => l.event === "start").length === 2);
+});
+
+Deno.test("--interval with --count runs that many times, never overlapping", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  writeTree(src, { "a.txt": "a" });
+  const t0 = performance.now();
+  const r = await mimeo(["sync", src, dst, "--interval", "300ms", "--count", "3", "--json", "-q"]);
+  const elapsed = performance.now() - t0;
+  assertEquals(r.code, 0, r.stderr);
+  const runs = jsonLines(r.stdout);
+  assertEquals(runs.map((x) => x.run), [1, 2, 3]);
+  assertEquals((runs[0].done as Record<string, number>).copy, 1);
+  assertEquals((runs[2].done as Record<string, number>).copy, 0);
+  assert(elapsed >= 600, `three runs 300 ms apart take at least 600 ms, took ${elapsed}`);
+  assertMirror(src, dst);
+});
+
+Deno.test("periodic mode survives a failing run and syncs again at the next interval", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  writeTree(src, { "a.txt": "a" });
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--quiet",
+      "--allow-read",
+      "--allow-write",
+      `${new URL("../main.ts", import.meta.url).pathname}`,
+      "sync",
+      src,
+      dst,
+      "--interval",
+      "250ms",
+      "--count",
+      "4",
+      "--json",
+      "-q",
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  // Make the source vanish after the first run, then come back.
+  await new Promise((r) => setTimeout(r, 400));
+  Deno.renameSync(src, `${src}.away`);
+  await new Promise((r) => setTimeout(r, 300));
+  Deno.renameSync(`${src}.away`, src);
+  Deno.writeTextFileSync(`${src}/b.txt`, "b");
+  const out = await child.output();
+  const stdout = new TextDecoder().decode(out.stdout);
+  const stderr = new TextDecoder().decode(out.stderr);
+  assertEquals(out.code, 0, stderr);
+  const runs = jsonLines(stdout);
+  assertEquals(runs.length, 4);
+  assert(runs.some((x) => x.failed === true), stdout);
+  assertMatch(stderr, /run \d failed: .*does not exist; trying again/);
+  assertMirror(src, dst);
+});
