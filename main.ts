@@ -6,10 +6,11 @@
  */
 import { eventOf } from "./lib/apply.ts";
 import { type Command, COMMAND_HELP, HELP, parseCommand, VERSION } from "./lib/cli.ts";
-import { errorMessage, ExitCode, MimeoError, StoppedError } from "./lib/errors.ts";
+import { errorMessage, ExitCode, MimeoError, StoppedError, UsageError } from "./lib/errors.ts";
 import { configureLogging, flushConsole, humanLine, logEvent, setLogContext } from "./lib/log.ts";
 import { serializeManifest, treeDigest, writeFileAtomicSync } from "./lib/manifest.ts";
 import { type Op } from "./lib/plan.ts";
+import { validatePaths } from "./lib/paths.ts";
 import { createProgress } from "./lib/progress.ts";
 import { summaryFields, sync, type SyncOptions } from "./lib/sync.ts";
 import { buildManifest, verify } from "./lib/verify.ts";
@@ -74,17 +75,24 @@ function trapSignals(ac: AbortController): () => void {
 async function runSync(cmd: Extract<Command, { command: "sync" | "plan" }>): Promise<number> {
   const dryRun = cmd.command === "plan" || cmd.dryRun;
   const isSync = cmd.command === "sync" ? cmd : undefined;
-  const close = configureLogging({
-    console: cmd.verbosity,
-    logFile: isSync?.log
-      ? {
-        path: isSync.log,
-        rotate: isSync.logRotate,
-        maxSize: isSync.logMaxSize,
-        maxFiles: isSync.logMaxFiles,
-      }
-      : undefined,
-  });
+  // Refuse bad paths before anything (even the log file) is created.
+  validatePaths(cmd.source, cmd.replica, cmd.manifest, { logFile: isSync?.log, writes: !dryRun });
+  let close: () => void;
+  try {
+    close = configureLogging({
+      console: cmd.verbosity,
+      logFile: isSync?.log
+        ? {
+          path: isSync.log,
+          rotate: isSync.logRotate,
+          maxSize: isSync.logMaxSize,
+          maxFiles: isSync.logMaxFiles,
+        }
+        : undefined,
+    });
+  } catch (e) {
+    throw new UsageError(`Cannot open log file '${isSync?.log}': ${errorMessage(e)}`);
+  }
   const ac = new AbortController();
   const untrap = trapSignals(ac);
   const progress = isSync && !dryRun ? createProgress(isSync.progress, cmd.verbosity) : undefined;

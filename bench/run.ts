@@ -414,7 +414,7 @@ function walkMap(root: string): Map<string, WalkEntry> {
  * targets (not followed), byte-identical regular files. File mtimes (to the ms) and permission
  * bits are compared too but only counted as warnings.
  */
-function verifyAll(src: string, dsts: string[]): VerifyResult[] {
+export function verifyAll(src: string, dsts: string[]): VerifyResult[] {
   const s = walkMap(src);
   const results: VerifyResult[] = dsts.map(() => ({
     diffCount: 0,

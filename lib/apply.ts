@@ -19,7 +19,7 @@ export const COPY_ATTEMPTS = 3;
 
 /** One failed operation. */
 export interface OpFailure {
-  op: Op["op"];
+  op: Op["op"] | "manifest";
   path: string;
   code: string;
   message: string;

@@ -211,8 +211,11 @@ function parse<T extends NonNullable<ParseArgsConfig["options"]>>(args: string[]
   try {
     return parseArgs({ args, options, allowPositionals: true, strict: true });
   } catch (e) {
-    const msg = (e as Error).message.split(". To specify a positional")[0];
-    throw new UsageError(`${msg} (see --help)`);
+    const msg = (e as Error).message.split(". To specify a positional")[0].replace(
+      /\s*\n\s*/g,
+      " ",
+    );
+    throw new UsageError(`${msg.replace(/\.$/, "")} (see --help)`);
   }
 }
 

@@ -107,6 +107,7 @@ export function validatePaths(
   }
   const man = resolvePhysical(manifest ?? defaultManifestPath(replica));
   checkPermissions([man], writes ? [man] : []);
+  if (extra.logFile) checkPermissions([], [resolvePhysical(extra.logFile)]);
   for (const [label, p] of [["Manifest", man], ["Log file", extra.logFile]] as const) {
     if (!p) continue;
     const abs = label === "Manifest" ? p : resolvePhysical(p);

@@ -4,7 +4,7 @@
  * @module
  */
 import { applyPlan, type ApplyReport, type OpFailure, type ProgressFn } from "./apply.ts";
-import { ExitCode, RefusedError } from "./errors.ts";
+import { errorCode, errorMessage, ExitCode, RefusedError } from "./errors.ts";
 import { buildFilter } from "./filter.ts";
 import { formatBytes, logEvent } from "./log.ts";
 import {
@@ -486,11 +486,30 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   const next = recordManifest(state, src, replica);
   report.digest = treeDigest(next.entries);
   if (!old || applied.done > 0 || applied.failures.length > 0 || !manifestsEqual(old, next)) {
-    writeManifest(manifestPath, next);
-    report.manifestWritten = true;
+    try {
+      writeManifest(manifestPath, next);
+      report.manifestWritten = true;
+    } catch (e) {
+      // The previous manifest is still in place (atomic write) and still safe to use: the
+      // next run checks every entry against the replica's stat before trusting it.
+      const f: OpFailure = {
+        op: "manifest",
+        path: manifestPath,
+        code: errorCode(e),
+        message: `cannot write the manifest: ${errorMessage(e)}`,
+      };
+      report.failures.push(f);
+      logEvent("error", {
+        event: "error",
+        op: "manifest",
+        path: manifestPath,
+        code: f.code,
+        error: f.message,
+      });
+    }
   }
   report.durationMs = performance.now() - t0;
-  report.exitCode = applied.failures.length || sourceErrors ? ExitCode.PartialFailure : ExitCode.Ok;
+  report.exitCode = report.failures.length || sourceErrors ? ExitCode.PartialFailure : ExitCode.Ok;
   logEvent(report.exitCode ? "warning" : "info", {
     event: "summary",
     text: summaryText(report),

@@ -1,0 +1,346 @@
+/**
+ * Refusals and faults: every dangerous configuration is refused before anything is
+ * touched (checked by snapshotting the whole temp folder), and faults during a run are
+ * logged results that never cost data.
+ */
+import {
+  ageTree,
+  assert,
+  assertEquals,
+  assertMatch,
+  assertMirror,
+  assertNotMatch,
+  jsonLines,
+  mimeo,
+  snapshot,
+  tempDir,
+  writeTree,
+} from "./helpers.ts";
+
+/** Run the CLI and assert exit code, a single clear line on stderr, and nothing touched. */
+async function assertRefused(
+  root: string,
+  args: string[],
+  code: number,
+  message: RegExp,
+  permissions?: string[],
+): Promise<void> {
+  const before = snapshot(root);
+  const r = await mimeo(args, { permissions });
+  assertEquals(r.code, code, `exit code for ${args.join(" ")}: ${r.stderr}`);
+  assertMatch(r.stderr, message);
+  assertEquals(r.stderr.trim().split("\n").length, 1, `one line expected, got:\n${r.stderr}`);
+  assertNotMatch(r.stderr, /Stack backtrace|Uncaught|at file:\/\//);
+  assertEquals(snapshot(root), before, "nothing may be created, changed or deleted");
+}
+
+function setup(root: string) {
+  writeTree(root, {
+    "src/a.txt": "a",
+    "src/sub/b.txt": "b",
+    "file.txt": "I am a file",
+    "rep/old.txt": "old",
+  });
+  Deno.symlinkSync(`${root}/src`, `${root}/src-link`);
+}
+
+Deno.test("refuses a missing source or a source that is not a folder", async () => {
+  await using d = await tempDir();
+  setup(d.path);
+  await assertRefused(
+    d.path,
+    ["sync", `${d.path}/nope`, `${d.path}/rep`],
+    2,
+    /Source '.*nope' does not exist/,
+  );
+  await assertRefused(
+    d.path,
+    ["sync", `${d.path}/file.txt`, `${d.path}/rep`],
+    2,
+    /is not a folder/,
+  );
+});
+
+Deno.test("refuses a replica that is an existing file", async () => {
+  await using d = await tempDir();
+  setup(d.path);
+  await assertRefused(
+    d.path,
+    ["sync", `${d.path}/src`, `${d.path}/file.txt`],
+    2,
+    /exists and is not a folder/,
+  );
+});
+
+Deno.test("refuses overlapping source and replica, also through symlinks and ..", async () => {
+  await using d = await tempDir();
+  setup(d.path);
+  const p = d.path;
+  await assertRefused(p, ["sync", `${p}/src`, `${p}/src`], 2, /are the same folder/);
+  await assertRefused(p, ["sync", `${p}/src`, `${p}/src/inner`], 2, /replica is inside the source/);
+  await assertRefused(p, ["sync", `${p}/src/sub`, `${p}/src`], 2, /source is inside the replica/);
+  await assertRefused(p, ["sync", `${p}/src`, `${p}/src-link`], 2, /same folder/);
+  await assertRefused(
+    p,
+    ["sync", `${p}/src`, `${p}/src-link/x`],
+    2,
+    /replica is inside the source/,
+  );
+  await assertRefused(p, ["sync", `${p}/src`, `${p}/rep/../src/sub/..`], 2, /same folder/);
+  await assertRefused(p, ["sync", `${p}/src-link/sub/..`, `${p}/src/new`], 2, /inside the source/);
+});
+
+Deno.test("refuses a manifest or log file inside the source or the replica", async () => {
+  await using d = await tempDir();
+  setup(d.path);
+  const p = d.path;
+  const base = ["sync", `${p}/src`, `${p}/rep`];
+  await assertRefused(
+    p,
+    [...base, "--manifest", `${p}/src/m.json`],
+    2,
+    /Manifest .* must be outside/,
+  );
+  await assertRefused(
+    p,
+    [...base, "--manifest", `${p}/rep/m.json`],
+    2,
+    /Manifest .* must be outside/,
+  );
+  await assertRefused(
+    p,
+    [...base, "--log", `${p}/rep/log.jsonl`],
+    2,
+    /Log file .* must be outside/,
+  );
+  await assertRefused(
+    p,
+    [...base, "--log", `${p}/src-link/log.jsonl`],
+    2,
+    /Log file .* must be outside/,
+  );
+});
+
+Deno.test("refuses unknown options, malformed values and conflicting options", async () => {
+  await using d = await tempDir();
+  setup(d.path);
+  const base = ["sync", `${d.path}/src`, `${d.path}/rep`];
+  const cases: [string[], RegExp][] = [
+    [["--frobnicate"], /Unknown option '--frobnicate'/],
+    [["--interval", "soon"], /--interval takes a duration/],
+    [["--interval", "0s"], /--interval must be greater than zero/],
+    [["--interval", "1s", "--count", "-2"], /Option '--count' argument is ambiguous/],
+    [["--interval", "1s", "--count=-2"], /--count takes a whole number/],
+    [["--interval", "1s", "--count", "1.5"], /--count takes a whole number/],
+    [["--count", "3"], /--count needs --interval or --watch/],
+    [["--quiet", "--verbose"], /cannot be used together/],
+    [["--dry-run", "--interval", "5s"], /--dry-run cannot be combined/],
+    [["--max-delete", "lots"], /--max-delete takes a whole number/],
+    [["--max-delete", "150%"], /at most 100%/],
+    [["--log-rotate", "weekly", "--log", "/tmp/x"], /--log-rotate takes daily or hourly/],
+    [["--log-max-size", "10MB"], /need --log FILE/],
+    [["extra-arg"], /got extra argument 'extra-arg'/],
+  ];
+  for (const [extra, re] of cases) await assertRefused(d.path, [...base, ...extra], 2, re);
+  await assertRefused(d.path, ["sync", `${d.path}/src`], 2, /sync needs <source> <replica>/);
+});
+
+Deno.test("missing Deno permissions name the flag instead of a stack trace", async () => {
+  await using d = await tempDir();
+  setup(d.path);
+  const args = ["sync", `${d.path}/src`, `${d.path}/rep`];
+  await assertRefused(d.path, args, 2, /needs --allow-write for/, ["--allow-read"]);
+  await assertRefused(d.path, args, 2, /needs --allow-read for/, []);
+  await assertRefused(d.path, args, 2, /needs --allow-read for/, ["--allow-write"]);
+});
+
+Deno.test("--max-delete refuses a run that would delete too much, count and percent", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  writeTree(src, Object.fromEntries(Array.from({ length: 10 }, (_, i) => [`f${i}`, `${i}`])));
+  assertEquals((await mimeo(["sync", src, dst, "-q"])).code, 0);
+  for (let i = 0; i < 4; i++) Deno.removeSync(`${src}/f${i}`);
+  await assertRefused(
+    d.path,
+    ["sync", src, dst, "--max-delete", "3"],
+    3,
+    /refusing to delete 4 entries \(more than --max-delete 3\); nothing was changed/,
+  );
+  await assertRefused(
+    d.path,
+    ["sync", src, dst, "--max-delete", "30%"],
+    3,
+    /refusing to delete 4 of 10 entries \(40\.0%/,
+  );
+  const ok = await mimeo(["sync", src, dst, "--max-delete", "4", "-q"]);
+  assertEquals(ok.code, 0, ok.stderr);
+  assertMirror(src, dst);
+});
+
+Deno.test("an empty source never wipes a non-empty replica unless allowed", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  writeTree(src, { "a/b": "b", c: "c" });
+  assertEquals((await mimeo(["sync", src, dst, "-q"])).code, 0);
+  for (const e of Deno.readDirSync(src)) Deno.removeSync(`${src}/${e.name}`, { recursive: true });
+  await assertRefused(
+    d.path,
+    ["sync", src, dst],
+    3,
+    /Source .* is empty but the replica holds 3 entries; refusing .*--allow-empty-source/,
+  );
+  const ok = await mimeo(["sync", src, dst, "--allow-empty-source", "-q"]);
+  assertEquals(ok.code, 0, ok.stderr);
+  assertEquals(snapshot(dst), {});
+});
+
+Deno.test("a source read error is exit 1, logged, and deletes nothing in the replica", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`, log = `${d.path}/log.jsonl`;
+  writeTree(src, { "ok/a": "a", "secret/s1": "s", "secret/s2": "s", "gone.txt": "g" });
+  assertEquals((await mimeo(["sync", src, dst, "-q"])).code, 0);
+  Deno.removeSync(`${src}/gone.txt`);
+  Deno.writeTextFileSync(`${src}/ok/new`, "new");
+  // As root, file modes do not stop reads; Deno's --deny-read does.
+  const r = await mimeo(["sync", src, dst, "--log", log], {
+    permissions: ["--allow-read", "--allow-write", `--deny-read=${src}/secret`],
+  });
+  assertEquals(r.code, 1, r.stderr);
+  assertMatch(r.stderr, /secret/);
+  assertMatch(r.stderr, /not deleting \d+ entries from the replica as there were read errors/);
+  // Nothing deleted (not the unreadable folder's files, not even the truly removed one)…
+  assert(Deno.statSync(`${dst}/secret/s1`).isFile);
+  assert(Deno.statSync(`${dst}/gone.txt`).isFile);
+  // …while the rest of the run went on.
+  assertEquals(Deno.readTextFileSync(`${dst}/ok/new`), "new");
+  const events = jsonLines(Deno.readTextFileSync(log));
+  assert(
+    events.some((e) => e.event === "scan-error" && e.path === "secret" && e.level === "error"),
+  );
+  assert(events.some((e) => e.event === "deletes-skipped"));
+  // The manifest still describes the replica exactly.
+  const v = await mimeo(["verify", dst]);
+  assertEquals(v.code, 0, v.stdout);
+  // Readable again: the next run completes the mirror.
+  const r2 = await mimeo(["sync", src, dst, "-q"]);
+  assertEquals(r2.code, 0, r2.stderr);
+  assertMirror(src, dst);
+});
+
+Deno.test("an unwritable replica folder is a per-file error; the manifest stays valid", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  writeTree(src, { "a/x": "x", "b/y": "y" });
+  assertEquals((await mimeo(["sync", src, dst, "-q"])).code, 0);
+  writeTree(src, { "a/x2": "x2", "b/y2": "y2" });
+  const r = await mimeo(["sync", src, dst], {
+    permissions: ["--allow-read", "--allow-write", `--deny-write=${dst}/a`],
+  });
+  assertEquals(r.code, 1, r.stderr);
+  assertMatch(r.stderr, /error: copy 'a\/x2'/);
+  assertEquals(Deno.readTextFileSync(`${dst}/b/y2`), "y2");
+  assertEquals((await mimeo(["verify", dst])).code, 0);
+  assertEquals((await mimeo(["sync", src, dst, "-q"])).code, 0);
+  assertMirror(src, dst);
+});
+
+Deno.test("a full disk gives a clear error, keeps the manifest valid, and the next run repairs", async () => {
+  await using d = await tempDir();
+  const mnt = `${d.path}/small`;
+  Deno.mkdirSync(mnt);
+  const mount = await new Deno.Command("mount", {
+    args: ["-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt],
+    stderr: "piped",
+  }).output();
+  assert(
+    mount.success,
+    `this test needs a tmpfs mount (root): ${new TextDecoder().decode(mount.stderr)}`,
+  );
+  try {
+    const src = `${d.path}/src`, dst = `${mnt}/dst`;
+    writeTree(src, { "small.txt": "s" });
+    ageTree(src);
+    assertEquals((await mimeo(["sync", src, dst, "-q"])).code, 0);
+    writeTree(src, {
+      "big1.bin": new Uint8Array(700_000).fill(1),
+      "big2.bin": new Uint8Array(700_000).fill(2),
+    });
+    const r = await mimeo(["sync", src, dst]);
+    assertEquals(r.code, 1, r.stderr);
+    assertMatch(r.stderr, /No space left on device|ENOSPC|os error 28/);
+    assertNotMatch(r.stderr, /Uncaught|Stack backtrace/);
+    // No temporary file is left behind and what is in the replica matches its manifest.
+    assert(!Object.keys(snapshot(dst)).some((p) => p.includes(".mimeo-tmp-")));
+    JSON.parse(Deno.readTextFileSync(`${dst}.mimeo.json`));
+    assertEquals((await mimeo(["verify", dst])).code, 0);
+    // Free space by removing what does not fit; the next run mirrors the rest.
+    Deno.removeSync(`${src}/big2.bin`);
+    const r2 = await mimeo(["sync", src, dst, "-q"]);
+    assertEquals(r2.code, 0, r2.stderr);
+    assertMirror(src, dst);
+  } finally {
+    await new Deno.Command("umount", { args: [mnt] }).output();
+  }
+});
+
+Deno.test("a replica folder replaced by a symlink never leads to a write outside", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`, outside = `${d.path}/outside`;
+  writeTree(src, { "sub/a": "a", "sub/deep/b": "b" });
+  writeTree(outside, { "precious": "do not touch" });
+  assertEquals((await mimeo(["sync", src, dst, "-q"])).code, 0);
+  Deno.removeSync(`${dst}/sub`, { recursive: true });
+  Deno.symlinkSync(outside, `${dst}/sub`);
+  writeTree(src, { "sub/new": "n", "sub/deep/c": "c" });
+  const before = snapshot(outside);
+  const r = await mimeo(["sync", src, dst, "-q"]);
+  assertEquals(r.code, 0, r.stderr);
+  assertEquals(snapshot(outside), before);
+  assertMirror(src, dst);
+});
+
+Deno.test("source symlinks are mirrored as links and never followed", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`, outside = `${d.path}/outside`;
+  writeTree(outside, { "big": "outside data" });
+  writeTree(src, { "to-outside": { link: outside }, "to-file": { link: `${outside}/big` } });
+  assertEquals((await mimeo(["sync", src, dst, "-q"])).code, 0);
+  assertEquals(Deno.readLinkSync(`${dst}/to-outside`), outside);
+  assertEquals(Object.keys(snapshot(dst)).sort(), ["to-file", "to-outside"]);
+  // A replica symlink where the source now has a file is replaced, not written through.
+  Deno.removeSync(`${src}/to-file`);
+  Deno.writeTextFileSync(`${src}/to-file`, "now a file");
+  assertEquals((await mimeo(["sync", src, dst, "-q"])).code, 0);
+  assertEquals(Deno.readTextFileSync(`${outside}/big`), "outside data");
+  assertMirror(src, dst);
+});
+
+Deno.test("special files are skipped with a warning", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  writeTree(src, { "a.txt": "a" });
+  const mk = await new Deno.Command("mkfifo", { args: [`${src}/pipe`] }).output();
+  assert(mk.success);
+  const r = await mimeo(["sync", src, dst]);
+  assertEquals(r.code, 0, r.stderr);
+  assertMatch(r.stderr, /warning: pipe: special file \(FIFO, socket or device\) skipped/);
+  assertEquals(Object.keys(snapshot(dst)), ["a.txt"]);
+});
+
+Deno.test("sync never writes to the source", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  writeTree(src, { "a/b": "b", "c": { link: "a" }, "e/": null });
+  const before = snapshot(src);
+  const r = await mimeo(["sync", src, dst, "-q"], {
+    permissions: ["--allow-read", `--allow-write=${dst},${dst}.mimeo.json`],
+  });
+  // Symlink creation needs unscoped write permission in Deno: reported per file, not a crash.
+  assertEquals(r.code, 1, r.stderr);
+  assertMatch(r.stderr, /symlink 'c'/);
+  assertEquals(snapshot(src), before);
+  const r2 = await mimeo(["sync", src, dst, "-q"]);
+  assertEquals(r2.code, 0, r2.stderr);
+  assertEquals(snapshot(src), before);
+  assertMirror(src, dst);
+});
