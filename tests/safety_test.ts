@@ -119,6 +119,7 @@ Deno.test("refuses a manifest or log file inside the source or the replica", asy
     2,
     /Log file .* must be outside/,
   );
+  await assertRefused(p, [...base, "--log", `${p}/missing/log.jsonl`], 2, /Cannot open log file/);
 });
 
 Deno.test("refuses unknown options, malformed values and conflicting options", async () => {
