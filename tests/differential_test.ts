@@ -11,7 +11,16 @@
  * Replay a failure: `MIMEO_SEED=<seed> MIMEO_ROUNDS=<round> deno test --allow-read
  * --allow-write --allow-run --allow-env tests/differential_test.ts`.
  */
-import { assert, assertEquals, type CliResult, mimeo, snapshot, type SnapEntry, tempDir, writeTree } from "./helpers.ts";
+import {
+  assert,
+  assertEquals,
+  type CliResult,
+  mimeo,
+  type SnapEntry,
+  snapshot,
+  tempDir,
+  writeTree,
+} from "./helpers.ts";
 
 function envInt(name: string, fallback: number): number {
   const v = Deno.env.get(name);
@@ -139,8 +148,11 @@ class Fuzzer {
       [3, () => `${r.pick(["-", "--", "-rf "])}${n}`],
       [4, () => `${r.pick([".hidden", "..x", "...", ".dot."])}${n}`],
       [3, () => `${"L".repeat(r.int(200, 235))}-${n}`],
-      // Long names in multi-byte characters, still within the 255-byte limit.
-      [2, () => `${r.pick(["長", "é", "ж"]).repeat(r.int(60, 78))}${n}`],
+      // Long names in multi-byte characters: 200-250 bytes, within the 255-byte limit.
+      [2, () => {
+        const ch = r.pick(["長", "é", "ж", "😀"]);
+        return `${ch.repeat(Math.floor(r.int(200, 246) / byteLen(ch)))}${n % 1000}`;
+      }],
       [3, () => `glob[*]?{a,b}!#${n}`],
       [2, () => (r.chance(0.5) ? `café-${n}` : `cafe\u0301-${n}`)],
       [2, () => ` spaced ${n} `],
@@ -196,7 +208,10 @@ class Fuzzer {
     return listTree(root);
   }
   dirs(root = this.src): Ent[] {
-    return [{ path: "", kind: "dir", depth: 0 }, ...this.ents(root).filter((e) => e.kind === "dir")];
+    return [
+      { path: "", kind: "dir", depth: 0 },
+      ...this.ents(root).filter((e) => e.kind === "dir"),
+    ];
   }
   of(kind: Kind, root = this.src): Ent[] {
     return this.ents(root).filter((e) => e.kind === kind);
@@ -326,9 +341,7 @@ class Fuzzer {
     if (!all.length) return;
     const deep = all.filter((e) => e.depth >= 3);
     const from = this.rng.pick(deep.length && this.rng.chance(0.5) ? deep : all).path;
-    const targets = this.dirs().filter((d) =>
-      d.path !== from && !d.path.startsWith(`${from}/`)
-    );
+    const targets = this.dirs().filter((d) => d.path !== from && !d.path.startsWith(`${from}/`));
     const dir = this.rng.chance(0.25) ? parentOf(from) : this.rng.pick(targets).path;
     const base = from.slice(from.lastIndexOf("/") + 1);
     let to: string | undefined = join(dir, base);
@@ -617,7 +630,9 @@ class Fuzzer {
 
 function show(e: SnapEntry | undefined): string {
   if (!e) return "absent";
-  if (e.type === "file") return `file ${e.size} B mode ${e.mode} mtime ${e.mtime} ${e.sha256.slice(0, 8)}`;
+  if (e.type === "file") {
+    return `file ${e.size} B mode ${e.mode} mtime ${e.mtime} ${e.sha256.slice(0, 8)}`;
+  }
   if (e.type === "dir") return `dir mode ${e.mode}`;
   if (e.type === "symlink") return `symlink -> ${q(e.target)}`;
   return "other";
@@ -649,12 +664,16 @@ function assertSame(
   assertEquals(
     actual,
     expected,
-    `${what}:\n${diff.slice(0, 25).join("\n")}${diff.length > 25 ? `\n  … ${diff.length - 25} more` : ""}`,
+    `${what}:\n${diff.slice(0, 25).join("\n")}${
+      diff.length > 25 ? `\n  … ${diff.length - 25} more` : ""
+    }`,
   );
 }
 
 function cliText(r: CliResult): string {
-  return `exit ${r.code}\n--- stderr ---\n${r.stderr.slice(0, 4000)}\n--- stdout ---\n${r.stdout.slice(0, 2000)}`;
+  return `exit ${r.code}\n--- stderr ---\n${r.stderr.slice(0, 4000)}\n--- stdout ---\n${
+    r.stdout.slice(0, 2000)
+  }`;
 }
 
 interface Sandbox {
