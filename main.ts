@@ -157,7 +157,7 @@ async function runSync(cmd: Extract<Command, { command: "sync" | "plan" }>): Pro
   try {
     let code: number;
     if (isSync?.watch) {
-      code = await runWatch(once, {
+      code = await runWatch((run, extra) => once(run, extra), {
         source: cmd.source,
         debounceMs: isSync.debounceMs,
         safetyIntervalMs: isSync.intervalMs,

@@ -1,27 +1,170 @@
 /**
- * Watch mode (placeholder until implemented): runs the periodic loop.
+ * Watch mode: a full sync, then the replica kept current as the source changes.
+ *
+ * File-system events are hints, never truth. Changed paths are collected into a set; once
+ * the source has been quiet for the debounce period (or events have kept coming for
+ * {@linkcode MAX_BATCH_DELAY_MS}), the changed subtrees are re-scanned and the same planner
+ * as a full sync runs over them. A full rescan happens instead when the watcher overflows
+ * (Deno's `rescan` flag), fails or restarts, after a run that did not fully succeed, when a
+ * batch is very large, and every safety interval, so a dropped event is repaired within one
+ * interval. Runs never overlap; events that arrive during a run make the next batch.
  *
  * @module
  */
-import { runPeriodic } from "./watch.ts";
+import { relative } from "node:path";
+import { errorMessage } from "./errors.ts";
+import { logEvent, setLogContext } from "./log.ts";
+
+/** Default safety rescan interval in watch mode when `--interval` is not given. */
+export const DEFAULT_SAFETY_INTERVAL_MS = 10 * 60_000;
+/** Longest a batch waits for quiet while events keep arriving. */
+export const MAX_BATCH_DELAY_MS = 2_000;
+/** A batch with more changed paths than this becomes a full rescan. */
+export const MAX_BATCH_PATHS = 10_000;
 
 /** Options for {@linkcode runWatch}. */
 export interface WatchOptions {
+  /** The source folder to watch. */
   source: string;
+  /** Quiet period before a batch runs. */
   debounceMs: number;
+  /** Full rescan every this often. @default DEFAULT_SAFETY_INTERVAL_MS */
   safetyIntervalMs?: number;
+  /** Stop after this many runs (the initial sync counts). @default unlimited */
   count?: number;
+  /** Stops watching; the run in flight stops cleanly. */
   signal: AbortSignal;
 }
 
-/** Sync, then keep the replica current as the source changes. */
-export function runWatch(
-  once: (run: number, extra?: { only?: string[] }) => Promise<number>,
-  o: WatchOptions,
-): Promise<number> {
-  return runPeriodic((n) => once(n), {
-    intervalMs: o.safetyIntervalMs ?? 1000,
-    count: o.count,
-    signal: o.signal,
-  });
+/** One run: `only` lists relative paths to re-scan; absent means a full sync. */
+export type RunFn = (run: number, extra?: { only?: string[] }) => Promise<number>;
+
+/**
+ * Sync, then keep the replica current until `signal` aborts or `count` runs are done.
+ * Returns the last run's exit code.
+ */
+export async function runWatch(once: RunFn, o: WatchOptions): Promise<number> {
+  const root = Deno.realPathSync(o.source);
+  const safetyMs = o.safetyIntervalMs ?? DEFAULT_SAFETY_INTERVAL_MS;
+  const pending = new Set<string>();
+  let full = false;
+  let lastEventAt = 0;
+  let firstPendingAt = 0;
+  let wake: (() => void) | undefined;
+  const notify = () => wake?.();
+  let watcher: Deno.FsWatcher | undefined;
+  const onAbort = () => {
+    try {
+      watcher?.close();
+    } catch { /* already closed */ }
+    notify();
+  };
+  o.signal.addEventListener("abort", onAbort, { once: true });
+
+  const startWatcher = (): void => {
+    try {
+      watcher = Deno.watchFs(root, { recursive: true });
+    } catch (e) {
+      logEvent("error", {
+        event: "watch-error",
+        error: errorMessage(e),
+        message: `cannot watch '${o.source}': ${errorMessage(e)}; relying on the safety rescan`,
+      });
+      return;
+    }
+    const w = watcher;
+    (async () => {
+      try {
+        for await (const ev of w) {
+          if (ev.kind === "access") continue;
+          const now = performance.now();
+          if (ev.flag === "rescan") full = true;
+          for (const abs of ev.paths) {
+            const rel = relative(root, abs);
+            if (rel === "" || rel.startsWith("..")) full = true;
+            else pending.add(rel);
+          }
+          lastEventAt = now;
+          if (!firstPendingAt) firstPendingAt = now;
+          notify();
+        }
+      } catch (e) {
+        if (!o.signal.aborted) {
+          logEvent("warning", {
+            event: "watch-error",
+            error: errorMessage(e),
+            message: `watcher failed: ${errorMessage(e)}; restarting it and rescanning`,
+          });
+        }
+      }
+      if (o.signal.aborted) return;
+      // The watcher ended without being asked to: restart it and rescan everything.
+      await new Promise((r) => setTimeout(r, 500));
+      if (o.signal.aborted) return;
+      full = true;
+      startWatcher();
+      notify();
+    })();
+  };
+
+  /** Wait until notified, `ms` passes, or the signal aborts. */
+  const waitFor = (ms: number) =>
+    new Promise<void>((resolve) => {
+      if (o.signal.aborted) return resolve();
+      const t = setTimeout(done, Math.max(0, ms));
+      function done() {
+        clearTimeout(t);
+        wake = undefined;
+        resolve();
+      }
+      wake = done;
+    });
+
+  // Watch before the first sync, so changes made during it are not missed.
+  startWatcher();
+  let run = 0;
+  let last = await once(++run);
+  let nextSafety = performance.now() + safetyMs;
+  try {
+    while (!o.signal.aborted && (o.count === undefined || run < o.count)) {
+      const now = performance.now();
+      if (!full && pending.size === 0) {
+        if (now >= nextSafety) full = true;
+        else {
+          await waitFor(nextSafety - now);
+          continue;
+        }
+      }
+      if (!full) {
+        const quietFor = now - lastEventAt;
+        const waited = now - firstPendingAt;
+        if (quietFor < o.debounceMs && waited < MAX_BATCH_DELAY_MS) {
+          await waitFor(Math.min(o.debounceMs - quietFor, MAX_BATCH_DELAY_MS - waited));
+          continue;
+        }
+      }
+      const paths = [...pending];
+      pending.clear();
+      firstPendingAt = 0;
+      const isFull = full || last !== 0 || paths.length > MAX_BATCH_PATHS;
+      full = false;
+      setLogContext({ run: run + 1 });
+      logEvent("debug", {
+        event: "batch",
+        paths: paths.length,
+        full: isFull,
+        message: isFull
+          ? `full rescan${paths.length ? ` (${paths.length} changed paths)` : ""}`
+          : `re-scanning ${paths.length} changed paths`,
+      });
+      last = await once(++run, isFull ? {} : { only: paths });
+      if (isFull) nextSafety = performance.now() + safetyMs;
+    }
+  } finally {
+    o.signal.removeEventListener("abort", onAbort);
+    try {
+      watcher?.close();
+    } catch { /* already closed */ }
+  }
+  return last;
 }
