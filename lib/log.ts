@@ -200,6 +200,8 @@ export function configureLogging(o: LoggingOptions): () => void {
     } else if (f.maxSize) {
       sinks.file = getRotatingFileSink(f.path, {
         ...common,
+        // The size is checked when the buffer is flushed: keep it small against maxSize.
+        bufferSize: Math.max(1, Math.min(common.bufferSize, Math.floor(f.maxSize / 8))),
         maxSize: f.maxSize,
         maxFiles: f.maxFiles ?? 7,
       });

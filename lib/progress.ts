@@ -10,6 +10,11 @@ import type { ProgressInfo } from "./sync.ts";
 
 const enc = new TextEncoder();
 
+/** A run shorter than this shows no progress line at all. */
+export const SHOW_AFTER_MS = 200;
+/** An operation's fixed cost, in bytes of copying, for the ETA (~100 µs at ~1 GB/s). */
+export const OP_COST_BYTES = 128 * 1024;
+
 /** A progress display. */
 export interface Progress {
   update(p: ProgressInfo): void;
@@ -31,8 +36,13 @@ export function formatEta(sec: number): string {
 export function progressText(p: ProgressInfo, elapsedMs: number): string {
   if (p.phase !== "apply") return p.phase === "scan" ? "scanning…" : "hashing…";
   const rate = elapsedMs > 0 ? (p.bytesDone / elapsedMs) * 1000 : 0;
-  const left = p.bytesTotal - p.bytesDone;
-  const eta = rate > 0 ? formatEta(left / rate) : "?";
+  // ETA over work units: bytes plus a per-operation cost, so thousands of small files
+  // ahead of one large file do not promise hours.
+  const done = p.bytesDone + p.opsDone * OP_COST_BYTES;
+  const total = p.bytesTotal + p.opsTotal * OP_COST_BYTES;
+  const eta = done > 0 && elapsedMs > 0
+    ? formatEta(((total - done) * elapsedMs) / done / 1000)
+    : "?";
   return `${p.opsDone}/${p.opsTotal} ops  ${formatBytes(p.bytesDone)}/${
     formatBytes(p.bytesTotal)
   }  ${formatBytes(Math.round(rate))}/s  ETA ${eta}`;
@@ -50,7 +60,8 @@ export function createProgress(
   if (mode === "never") return undefined;
   if (mode === "auto" && (verbosity === "quiet" || !stream.isTerminal())) return undefined;
   let shown = "";
-  let lastDraw = 0;
+  let lastDraw = -Infinity;
+  let runStart = 0;
   let applyStart = 0;
   let latest: ProgressInfo | undefined;
   const write = (s: string) => stream.writeSync(enc.encode(s));
@@ -67,17 +78,21 @@ export function createProgress(
   setConsoleHooks({ before: clear, after: () => latest && draw() });
   return {
     update(p) {
-      if (p.phase === "apply" && applyStart === 0) applyStart = performance.now();
-      latest = p;
       const now = performance.now();
-      if (now - lastDraw < 100) return;
+      if (runStart === 0) runStart = now;
+      if (p.phase === "apply" && applyStart === 0) applyStart = now;
+      latest = p;
+      // Quick runs show nothing; longer ones redraw at most ten times a second.
+      if (now - runStart < SHOW_AFTER_MS || now - lastDraw < 100) return;
       lastDraw = now;
       draw();
     },
     clear() {
       clear();
       latest = undefined;
+      runStart = 0;
       applyStart = 0;
+      lastDraw = -Infinity;
     },
   };
 }
