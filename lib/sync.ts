@@ -538,6 +538,8 @@ export function summaryFields(r: SyncReport): Record<string, unknown> {
     manifestWritten: r.manifestWritten,
     stopped: r.stopped,
     durationMs: Math.round(r.durationMs),
+    rssBytes: Deno.memoryUsage().rss,
+    heapUsedBytes: Deno.memoryUsage().heapUsed,
     exitCode: r.exitCode,
   };
 }
