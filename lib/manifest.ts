@@ -9,7 +9,8 @@
  * compare equal.
  *
  * A replica manifest also has a `cache` section: per file, the stat fingerprints
- * (`[replica inode, replica ctime, source inode, source ctime]`) that let the next run
+ * (`[replica inode, replica ctime, source inode, source ctime]`, the replica pair `0,0` when
+ * it is not trusted yet) that let the next run
  * trust recorded hashes without reading the files again.
  *
  * @module
@@ -131,8 +132,10 @@ export function serializeManifest(m: Manifest, withCache: boolean): string {
     const lines: string[] = [];
     for (const p of paths) {
       const c = m.cache.get(p);
-      if (!c?.dst) continue;
-      const arr = c.src ? [c.dst[0], c.dst[1], c.src[0], c.src[1]] : [c.dst[0], c.dst[1]];
+      if (!c || (!c.dst && !c.src)) continue;
+      // [dst ino, dst ctime] or [dst ino, dst ctime, src ino, src ctime]; 0,0 = no dst.
+      const d = c.dst ?? [0, 0];
+      const arr = c.src ? [d[0], d[1], c.src[0], c.src[1]] : [d[0], d[1]];
       lines.push(`${JSON.stringify(p)}: [${arr.join(",")}]`);
     }
     out.push(`"cache": {\n${lines.join(",\n")}${lines.length ? "\n" : ""}},\n`);
@@ -224,7 +227,10 @@ export function parseManifest(text: string, path: string, checkDigest = false): 
     for (const [p, v] of Object.entries(o.cache as Record<string, unknown>)) {
       if (!isFp(v) || entries.get(p)?.type !== "file") continue; // stale rows are ignored
       const a = v as number[];
-      cache.set(p, { dst: [a[0], a[1]], src: a.length === 4 ? [a[2], a[3]] : undefined });
+      cache.set(p, {
+        dst: a[0] === 0 && a[1] === 0 ? undefined : [a[0], a[1]],
+        src: a.length === 4 ? [a[2], a[3]] : undefined,
+      });
     }
   }
   if (checkDigest) {

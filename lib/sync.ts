@@ -264,7 +264,7 @@ function recordManifest(state: Tree, src: Tree, repRoot: string): Manifest {
       s?.type === "file" && s.sha256 === node.sha256 && s.size === node.size &&
       s.mtime === node.mtime && s.fp && isTrustworthy(s)
     ) rec.src = s.fp;
-    if (rec.dst) cache.set(p, rec);
+    if (rec.dst || rec.src) cache.set(p, rec);
   }
   return { entries, cache };
 }

@@ -469,3 +469,16 @@ Deno.test("periodic mode survives a failing run and syncs again at the next inte
   assertMatch(stderr, /run \d failed: .*does not exist; trying again/);
   assertMirror(src, dst);
 });
+
+Deno.test("right after a first sync, source hashes come from the cache (no re-read)", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  sample(src);
+  const first = await syncJson(src, dst);
+  assertEquals(first.hashed.source, 0, "a first sync hashes while copying, not before");
+  const second = await syncJson(src, dst);
+  // The replica's fresh copies are re-hashed once (their ctime second had not ended when
+  // they were written), but the source is not read again.
+  assertEquals(second.hashed.source, 0);
+  assertEquals(Object.values(second.done).reduce((a, b) => a + b, 0), 0);
+});
