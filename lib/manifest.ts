@@ -32,6 +32,8 @@ export interface CacheRecord {
 /** A manifest in memory. Every file entry has its `sha256`. */
 export interface Manifest {
   entries: Tree;
+  /** The digest as read from the file (not recomputed unless asked). */
+  digest?: string;
   /** Stat fingerprints (replica manifests only). */
   cache: Map<string, CacheRecord>;
 }
@@ -57,9 +59,12 @@ export function modeString(mode: number): string {
   return mode.toString(8).padStart(4, "0");
 }
 
-/** Sorted copy of a tree's paths (stable, code-unit order). */
+/**
+ * Sorted copy of a tree's paths, in UTF-16 code-unit order (the default `sort()` order for
+ * strings, which is the same order as {@linkcode comparePaths}, computed natively).
+ */
 export function sortedPaths(tree: Tree): string[] {
-  return [...tree.keys()].sort(comparePaths);
+  return [...tree.keys()].sort();
 }
 
 /** The path order used everywhere mimeo sorts: plain code-unit comparison. */
@@ -126,6 +131,7 @@ function entryJson(n: Node): string {
 export function serializeManifest(m: Manifest, withCache: boolean): string {
   const paths = sortedPaths(m.entries);
   const digest = treeDigest(m.entries, paths);
+  m.digest = digest;
   const t = totalsOf(m.entries);
   const out: string[] = [`{\n"algorithm": "sha256",\n`];
   if (withCache) {
@@ -155,11 +161,24 @@ const MODE = /^[0-7]{3,4}$/;
 
 /** Whether a relative path is acceptable in a manifest (no absolute, `..`, empty parts). */
 export function isSafeRelativePath(p: string): boolean {
-  if (p === "" || p.startsWith("/") || p.endsWith("/") || p.includes("\0")) return false;
-  for (const seg of p.split("/")) {
-    if (seg === "" || seg === "." || seg === "..") return false;
+  return p !== "" && !UNSAFE_PATH.test(p);
+}
+/** Absolute, trailing slash, empty segment, `.` or `..` segment, NUL. */
+const UNSAFE_PATH = /^\/|\/$|\/\/|(^|\/)\.\.?(\/|$)|\0/;
+
+function validEntry(e: Record<string, unknown>): boolean {
+  switch (e.type) {
+    case "file":
+      return typeof e.mode === "string" && MODE.test(e.mode) && typeof e.sha256 === "string" &&
+        HEX64.test(e.sha256) && Number.isSafeInteger(e.size) && (e.size as number) >= 0 &&
+        typeof e.mtime === "number" && Number.isFinite(e.mtime);
+    case "dir":
+      return typeof e.mode === "string" && MODE.test(e.mode);
+    case "symlink":
+      return typeof e.target === "string" && e.target !== "" && !e.target.includes("\0");
+    default:
+      return false;
   }
-  return true;
 }
 
 function isFp(v: unknown): boolean {
@@ -193,31 +212,16 @@ export function parseManifest(text: string, path: string, checkDigest = false): 
     throw new ManifestError(path, "missing 'entries'");
   }
   const entries: Tree = new Map();
-  for (const [p, v] of Object.entries(rawEntries as Record<string, unknown>)) {
+  const all = rawEntries as Record<string, Record<string, unknown>>;
+  // The parsed objects become the nodes (mode turned into a number): no copy per entry.
+  for (const p in all) {
     if (!isSafeRelativePath(p)) throw new ManifestError(path, `unsafe path ${JSON.stringify(p)}`);
-    const e = v as Record<string, unknown>;
-    const bad = () => new ManifestError(path, `bad entry for ${JSON.stringify(p)}`);
-    if (typeof e !== "object" || e === null) throw bad();
-    if (e.type === "file") {
-      if (
-        typeof e.mode !== "string" || !MODE.test(e.mode) || typeof e.sha256 !== "string" ||
-        !HEX64.test(e.sha256) || !Number.isSafeInteger(e.size) || (e.size as number) < 0 ||
-        typeof e.mtime !== "number" || !Number.isFinite(e.mtime)
-      ) throw bad();
-      entries.set(p, {
-        type: "file",
-        mode: parseInt(e.mode, 8),
-        sha256: e.sha256,
-        size: e.size as number,
-        mtime: e.mtime,
-      });
-    } else if (e.type === "dir") {
-      if (typeof e.mode !== "string" || !MODE.test(e.mode)) throw bad();
-      entries.set(p, { type: "dir", mode: parseInt(e.mode, 8) });
-    } else if (e.type === "symlink") {
-      if (typeof e.target !== "string" || e.target === "" || e.target.includes("\0")) throw bad();
-      entries.set(p, { type: "symlink", target: e.target });
-    } else throw bad();
+    const e = all[p];
+    if (typeof e !== "object" || e === null || !validEntry(e)) {
+      throw new ManifestError(path, `bad entry for ${JSON.stringify(p)}`);
+    }
+    if (e.type !== "symlink") e.mode = parseInt(e.mode as string, 8);
+    entries.set(p, e as unknown as Node);
   }
   const cache = new Map<string, CacheRecord>();
   if (o.cache !== undefined) {
@@ -243,7 +247,7 @@ export function parseManifest(text: string, path: string, checkDigest = false): 
       );
     }
   }
-  return { entries, cache };
+  return { entries, cache, digest: typeof o.digest === "string" ? o.digest : undefined };
 }
 
 /** Read a manifest file. Throws `Deno.errors.NotFound` when absent, ManifestError when bad. */
@@ -281,9 +285,10 @@ export function writeFileAtomicSync(path: string, text: string): void {
   }
 }
 
-/** Write a manifest atomically. */
-export function writeManifest(path: string, m: Manifest, withCache = true): void {
+/** Write a manifest atomically; returns its digest. */
+export function writeManifest(path: string, m: Manifest, withCache = true): string {
   writeFileAtomicSync(path, serializeManifest(m, withCache));
+  return m.digest!;
 }
 
 /** A manifest holding only content entries (no cache), e.g. for `manifest DIR`. */

@@ -203,7 +203,7 @@ export function plan(src: Tree, rep: Tree, options: PlanOptions = {}): Plan {
     ops.push(op);
     applyOp(V, op);
   };
-  const srcPaths = [...src.keys()].sort(comparePaths);
+  const srcPaths = [...src.keys()].sort();
 
   /** Make sure every ancestor of `path` is a folder in V, creating missing ones. */
   const ensureParents = (path: string): boolean => {
@@ -315,7 +315,7 @@ export function plan(src: Tree, rep: Tree, options: PlanOptions = {}): Plan {
     const v = V.get(p);
     if (!v || v.type === s.type || (v.type !== "dir" && s.type !== "dir")) continue;
     if (v.type === "dir") {
-      const inside = [...V.keys()].filter((q) => isWithin(q, p)).sort(comparePaths).reverse();
+      const inside = [...V.keys()].filter((q) => isWithin(q, p)).sort().reverse();
       for (const q of inside) {
         const n = V.get(q)!;
         emit(n.type === "dir" ? { op: "rmdir", path: q } : { op: "delete", path: q, kind: n.type });
@@ -363,7 +363,7 @@ export function plan(src: Tree, rep: Tree, options: PlanOptions = {}): Plan {
   }
 
   // 6. Deletions, deepest first (reverse sorted order puts children before parents).
-  const extras = [...V.keys()].filter((q) => !src.has(q)).sort(comparePaths).reverse();
+  const extras = [...V.keys()].filter((q) => !src.has(q)).sort().reverse();
   const deletesSkipped: string[] = [];
   for (const q of extras) {
     if (!allowDelete && !isTempPath(q)) {

@@ -197,6 +197,7 @@ async function resolveHashes(
   let source = 0;
   let replica = 0;
   let last = performance.now();
+  let tick = 0;
   for (const [q, v] of rep) {
     if (v.type !== "file" || v.sha256 || !newSizes.has(v.size) || src.get(q)?.type === "file") {
       continue;
@@ -204,7 +205,7 @@ async function resolveHashes(
     const rn = { ...v };
     replica++;
     if (!hashNode(`${repRoot}/${q}`, q, rn)) rep.set(q, rn);
-    if (performance.now() - last > 50) {
+    if (performance.now() - last > 50) { // only files hashed get here: cheap enough
       signal?.throwIfAborted();
       await yieldToEventLoop();
       last = performance.now();
@@ -228,7 +229,7 @@ async function resolveHashes(
       if (hashNode(`${repRoot}/${p}`, p, rn)) delete rn.sha256;
       rep.set(p, rn);
     }
-    if (performance.now() - last > 50) {
+    if ((++tick & 63) === 0 && performance.now() - last > 50) {
       signal?.throwIfAborted();
       await yieldToEventLoop();
       last = performance.now();
@@ -348,7 +349,16 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     if (!(e instanceof Deno.errors.NotFound)) throw e;
     replicaExists = false;
   }
+  const marks: Record<string, number> = {};
+  let tMark = performance.now();
+  const mark = (name: string) => {
+    const now = performance.now();
+    marks[name] = Math.round((now - tMark) * 10) / 10;
+    tMark = now;
+  };
+  mark("validate");
   const old = loadManifest(manifestPath, replicaExists);
+  mark("loadManifest");
   const progress = options.progress;
   progress?.({ phase: "scan", opsDone: 0, opsTotal: 0, bytesDone: 0, bytesTotal: 0 });
 
@@ -359,6 +369,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   const repScan = replicaExists
     ? scanTree(replica, { exclude, signal: options.signal, only: roots && [...roots] })
     : { tree: new Map() as Tree, issues: [] as ScanIssue[] };
+  mark("scan");
   const src = roots ? mergePartial(old!, srcScan.tree, roots, "src") : srcScan.tree;
   const rep = roots ? mergePartial(old!, repScan.tree, roots, "dst") : repScan.tree;
   const issues = [...srcScan.issues];
@@ -367,6 +378,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   }
   if (!options.checksum) reuseSourceHashes(src, old, now);
   reuseReplicaHashes(rep, old);
+  mark("cache");
   progress?.({ phase: "hash", opsDone: 0, opsTotal: 0, bytesDone: 0, bytesTotal: 0 });
   const hashed = await resolveHashes(
     source,
@@ -377,6 +389,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     issues,
     options.signal,
   );
+  mark("hash");
   for (const i of issues) {
     logEvent(i.level, {
       event: i.level === "error" ? "scan-error" : "skip",
@@ -397,6 +410,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   }
 
   const p: Plan = plan(src, rep, { allowDelete: !sourceErrors, renames: options.renames ?? true });
+  mark("plan");
   if (p.deletesSkipped.length) {
     logEvent("warning", {
       event: "deletes-skipped",
@@ -477,6 +491,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
       progress: progressFn,
     });
   }
+  mark("apply");
   report.failures = applied.failures;
   report.bytesCopied = applied.bytesCopied;
   report.stopped = applied.stopped;
@@ -484,10 +499,13 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
 
   // Record: the manifest describes the replica as it now is.
   const next = recordManifest(state, src, replica);
-  report.digest = treeDigest(next.entries);
-  if (!old || applied.done > 0 || applied.failures.length > 0 || !manifestsEqual(old, next)) {
+  const changed = !old || applied.done > 0 || applied.failures.length > 0 ||
+    !manifestsEqual(old, next);
+  // Unchanged: the recorded digest still holds, no need to hash 20k entries again.
+  report.digest = changed ? undefined : old.digest ?? treeDigest(next.entries);
+  if (changed) {
     try {
-      writeManifest(manifestPath, next);
+      report.digest = writeManifest(manifestPath, next);
       report.manifestWritten = true;
     } catch (e) {
       // The previous manifest is still in place (atomic write) and still safe to use: the
@@ -499,6 +517,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
         message: `cannot write the manifest: ${errorMessage(e)}`,
       };
       report.failures.push(f);
+      report.digest = treeDigest(next.entries);
       logEvent("error", {
         event: "error",
         op: "manifest",
@@ -508,7 +527,13 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
       });
     }
   }
+  mark("record");
   report.durationMs = performance.now() - t0;
+  logEvent("debug", {
+    event: "timings",
+    ms: marks,
+    message: `timings (ms): ${JSON.stringify(marks)}`,
+  });
   report.exitCode = report.failures.length || sourceErrors ? ExitCode.PartialFailure : ExitCode.Ok;
   logEvent(report.exitCode ? "warning" : "info", {
     event: "summary",
