@@ -52,6 +52,28 @@ export interface Target {
   finish(): void;
 }
 
+/**
+ * Bytes of the original name kept in a temporary name: `.mimeo-tmp-` + 8 hex + `-` is 20
+ * bytes, and a name may have 255 bytes (NAME_MAX), counted in UTF-8.
+ */
+export const TEMP_BASE_MAX_BYTES = 200;
+
+const utf8 = new TextEncoder();
+
+/** The longest prefix of `s` that fits in `max` UTF-8 bytes, cut between code points. */
+export function truncateUtf8(s: string, max: number): string {
+  if (s.length * 3 <= max || utf8.encode(s).length <= max) return s;
+  let bytes = 0;
+  let end = 0;
+  for (const ch of s) {
+    const n = utf8.encode(ch).length;
+    if (bytes + n > max) break;
+    bytes += n;
+    end += ch.length;
+  }
+  return s.slice(0, end);
+}
+
 function randomHex(): string {
   const b = crypto.getRandomValues(new Uint8Array(4));
   return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
@@ -99,7 +121,7 @@ export class FsTarget implements Target {
 
   #tempFor(path: string): string {
     const dir = parentOf(path);
-    const base = path.slice(dir.length ? dir.length + 1 : 0).slice(0, 180);
+    const base = truncateUtf8(path.slice(dir.length ? dir.length + 1 : 0), TEMP_BASE_MAX_BYTES);
     return `${dir ? dir + "/" : ""}.mimeo-tmp-${randomHex()}-${base}`;
   }
 

@@ -244,3 +244,15 @@ Deno.test("plan() survives a randomized property check (valid order, exact resul
   };
   for (let i = 0; i < 400; i++) check(randomTree(), randomTree());
 });
+
+Deno.test("truncateUtf8() keeps temporary names within NAME_MAX for any script", async () => {
+  const { truncateUtf8, TEMP_BASE_MAX_BYTES } = await import("../lib/target_fs.ts");
+  const enc = new TextEncoder();
+  for (const name of ["a".repeat(255), "長".repeat(85), "😀".repeat(63), "é".repeat(127)]) {
+    const t = truncateUtf8(name, TEMP_BASE_MAX_BYTES);
+    assert(enc.encode(t).length <= TEMP_BASE_MAX_BYTES, name);
+    assert(name.startsWith(t) && !t.endsWith("\ud83d"), "cut between code points");
+    assert(enc.encode(`.mimeo-tmp-01234567-${t}`).length <= 255);
+  }
+  assertEquals(truncateUtf8("short", 200), "short");
+});

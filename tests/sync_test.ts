@@ -482,3 +482,17 @@ Deno.test("right after a first sync, source hashes come from the cache (no re-re
   assertEquals(second.hashed.source, 0);
   assertEquals(Object.values(second.done).reduce((a, b) => a + b, 0), 0);
 });
+
+Deno.test("names of 255 UTF-8 bytes are mirrored (temporary names stay within NAME_MAX)", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  writeTree(src, {
+    ["長".repeat(85)]: "cjk, 255 bytes",
+    ["a".repeat(255)]: "ascii, 255 bytes",
+    [`dir/${"é".repeat(127)}`]: "latin",
+    ["😀".repeat(63)]: { link: "a" },
+  });
+  const r = await mimeo(["sync", src, dst, "-q"]);
+  assertEquals(r.code, 0, r.stderr);
+  assertMirror(src, dst);
+});
