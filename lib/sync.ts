@@ -25,8 +25,12 @@ import {
   reuseSourceHashes,
   scanTree,
 } from "./scan.ts";
+import { scanInWorker } from "./scan_worker.ts";
 import { FsTarget, yieldToEventLoop } from "./target_fs.ts";
 import { type FileNode, isWithin, parentOf, type ScanIssue, type Tree } from "./types.ts";
+
+/** Replicas whose manifest is at least this large are scanned on a second thread. */
+export const WORKER_MIN_MANIFEST_BYTES = 512 * 1024;
 
 /** Options for {@linkcode sync}. */
 export interface SyncOptions {
@@ -337,11 +341,12 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     writes: !dryRun,
   });
   const { source, replica, manifest: manifestPath } = paths;
-  const exclude = buildFilter({
+  const filterOptions = {
     patterns: options.exclude,
     ignoreFiles: options.ignoreFiles,
     sourceRoot: source,
-  });
+  };
+  const exclude = buildFilter(filterOptions);
   let replicaExists = true;
   try {
     Deno.lstatSync(replica);
@@ -349,6 +354,16 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     if (!(e instanceof Deno.errors.NotFound)) throw e;
     replicaExists = false;
   }
+  // A large recorded manifest means a large replica: walk it on the second core while this
+  // thread parses the manifest and walks the source.
+  let manifestBytes = 0;
+  try {
+    manifestBytes = Deno.statSync(manifestPath).size;
+  } catch { /* no manifest yet */ }
+  const repInWorker = replicaExists && !options.only && manifestBytes >= WORKER_MIN_MANIFEST_BYTES
+    ? scanInWorker({ root: replica, filter: filterOptions }, options.signal)
+    : undefined;
+  repInWorker?.catch(() => {}); // handled where awaited
   const marks: Record<string, number> = {};
   let tMark = performance.now();
   const mark = (name: string) => {
@@ -366,7 +381,19 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   const now = Date.now();
   const roots = old && options.only ? new Set(normalizeOnly(options.only)) : undefined;
   const srcScan = scanTree(source, { exclude, signal: options.signal, only: roots && [...roots] });
-  const repScan = replicaExists
+  let repScan: { tree: Tree; issues: ScanIssue[] } | undefined;
+  if (repInWorker) {
+    try {
+      repScan = await repInWorker;
+    } catch (e) {
+      if (options.signal?.aborted) throw e;
+      logEvent("debug", {
+        event: "worker-failed",
+        message: `replica scan worker: ${errorMessage(e)}`,
+      });
+    }
+  }
+  repScan ??= replicaExists
     ? scanTree(replica, { exclude, signal: options.signal, only: roots && [...roots] })
     : { tree: new Map() as Tree, issues: [] as ScanIssue[] };
   mark("scan");
@@ -532,7 +559,10 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   logEvent("debug", {
     event: "timings",
     ms: marks,
-    message: `timings (ms): ${JSON.stringify(marks)}`,
+    replicaScan: repInWorker ? "worker" : "main",
+    message: `timings (ms): ${JSON.stringify(marks)}${
+      repInWorker ? ", replica scanned in a worker" : ""
+    }`,
   });
   report.exitCode = report.failures.length || sourceErrors ? ExitCode.PartialFailure : ExitCode.Ok;
   logEvent(report.exitCode ? "warning" : "info", {

@@ -499,3 +499,28 @@ Deno.test("names of 255 UTF-8 bytes are mirrored (temporary names stay within NA
   assertEquals(r.code, 0, r.stderr);
   assertMirror(src, dst);
 });
+
+Deno.test("a large replica is scanned on a second thread with the same results", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`, log = `${d.path}/log.jsonl`;
+  const spec: Record<string, string | null | { link: string }> = {};
+  for (let i = 0; i < 3000; i++) spec[`d${i % 40}/sub/file-${i}.txt`] = `content ${i}`;
+  spec["empty/"] = null;
+  spec["link"] = { link: "d1" };
+  writeTree(src, spec);
+  ageTree(src);
+  assertEquals((await mimeo(["sync", src, dst, "-q"])).code, 0);
+  assert(Deno.statSync(`${dst}.mimeo.json`).size >= 512 * 1024, "manifest large enough");
+  // Tamper with the replica and change the source; the worker's scan must see all of it.
+  Deno.writeTextFileSync(`${dst}/d3/sub/file-3.txt`, "tampered, longer");
+  Deno.removeSync(`${dst}/d4/sub/file-4.txt`);
+  Deno.writeTextFileSync(`${dst}/d5/extra`, "extra");
+  Deno.removeSync(`${dst}/link`);
+  Deno.mkdirSync(`${dst}/link`);
+  Deno.writeTextFileSync(`${src}/d6/sub/new.txt`, "new");
+  const r = await mimeo(["sync", src, dst, "-q", "--log", log]);
+  assertEquals(r.code, 0, r.stderr);
+  assertMirror(src, dst);
+  const timings = jsonLines(Deno.readTextFileSync(log)).find((e) => e.event === "timings");
+  assertEquals(timings?.replicaScan, "worker");
+});
