@@ -83,12 +83,18 @@ async function copyFile(
     const startedAt = Date.now();
     const from = Deno.openSync(srcAbs, { read: true });
     let w: PendingWrite;
+    let after: Deno.FileInfo;
     try {
       w = await o.target.writeFile(path, from, expect, o.signal);
-    } finally {
+      // fstat of the open source: did it change while we copied it? (A file renamed over
+      // it meanwhile is a new inode: we copied a consistent old version; the next run sees
+      // the new one.)
+      after = from.statSync();
+    } catch (e) {
       from.close();
+      throw e;
     }
-    const after = Deno.lstatSync(srcAbs);
+    from.close();
     if (sameStat(expect, after) && w.size === expect.size) {
       const fp = w.commit();
       const srcNode: FileNode = { ...expect, sha256: w.sha256, hashedAt: startedAt };
@@ -96,7 +102,6 @@ async function copyFile(
       return { ...expect, sha256: w.sha256, fp, hashedAt: Date.now() };
     }
     w.discard();
-    if (!after.isFile) throw new Error("source file vanished or changed type while being copied");
     if (attempt >= COPY_ATTEMPTS) {
       throw Object.assign(
         new Error(`source file kept changing while being copied (${attempt} attempts)`),

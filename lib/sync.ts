@@ -18,16 +18,24 @@ import {
 import { countOps, isTempPath, type Op, type Plan, plan } from "./plan.ts";
 import { validatePaths } from "./paths.ts";
 import {
-  CTIME_TICK_MS,
   hashNode,
   isTrustworthy,
+  RACY_WINDOW_MS,
   reuseReplicaHashes,
   reuseSourceHashes,
   scanTree,
 } from "./scan.ts";
 import { scanInWorker } from "./scan_worker.ts";
 import { FsTarget, yieldToEventLoop } from "./target_fs.ts";
-import { type FileNode, isWithin, parentOf, type ScanIssue, type Tree } from "./types.ts";
+import {
+  type DirNode,
+  type FileNode,
+  isWithin,
+  type LinkNode,
+  parentOf,
+  type ScanIssue,
+  type Tree,
+} from "./types.ts";
 
 /** Replicas whose manifest is at least this large are scanned on a second thread. */
 export const WORKER_MIN_MANIFEST_BYTES = 512 * 1024;
@@ -260,9 +268,10 @@ function recordManifest(state: Tree, src: Tree, repRoot: string): Manifest {
     entries.set(p, node);
     const s = src.get(p);
     const rec: CacheRecord = {};
-    // A replica fingerprint is kept only if it was seen after its ctime second ended
-    // (otherwise a same-second rewrite could hide behind it): such files are re-hashed once.
-    if (node.fp && (node.hashedAt === undefined || node.hashedAt >= node.fp[1] + CTIME_TICK_MS)) {
+    // A replica fingerprint is trusted when the file's mtime (which mimeo set to the
+    // source's) is older than the moment its content was known by the racy window: any
+    // ordinary write after that sets mtime to "now", which differs.
+    if (node.fp && (node.hashedAt === undefined || node.hashedAt - node.mtime >= RACY_WINDOW_MS)) {
       rec.dst = node.fp;
     }
     if (
@@ -276,6 +285,32 @@ function recordManifest(state: Tree, src: Tree, repRoot: string): Manifest {
 
 function sameFp(a?: readonly number[], b?: readonly number[]): boolean {
   return a === b || (!!a && !!b && a[0] === b[0] && a[1] === b[1]);
+}
+
+/**
+ * Whether a run has nothing to do, decided right after the stat cache: every source and
+ * replica entry equals its manifest entry, and every file's hash came from the cache (its
+ * fingerprint matched on both sides). Then the plan is empty and the manifest unchanged.
+ */
+export function isUnchanged(src: Tree, rep: Tree, old: Manifest | undefined): boolean {
+  if (!old || src.size !== old.entries.size || rep.size !== old.entries.size) return false;
+  for (const [p, e] of old.entries) {
+    const s = src.get(p);
+    const r = rep.get(p);
+    if (!s || !r || s.type !== e.type || r.type !== e.type) return false;
+    if (e.type === "file") {
+      const a = s as FileNode, b = r as FileNode;
+      if (
+        a.sha256 !== e.sha256 || b.sha256 !== e.sha256 || a.size !== e.size || b.size !== e.size ||
+        a.mtime !== e.mtime || b.mtime !== e.mtime || a.mode !== e.mode || b.mode !== e.mode
+      ) return false;
+    } else if (e.type === "dir") {
+      if ((s as DirNode).mode !== e.mode || (r as DirNode).mode !== e.mode) return false;
+    } else if ((s as LinkNode).target !== e.target || (r as LinkNode).target !== e.target) {
+      return false;
+    }
+  }
+  return true;
 }
 
 /** Whether two manifests would serialize identically. */
@@ -406,8 +441,10 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   if (!options.checksum) reuseSourceHashes(src, old, now);
   reuseReplicaHashes(rep, old);
   mark("cache");
+  const unchanged = !options.checksum && !issues.some((i) => i.level === "error") &&
+    isUnchanged(src, rep, old);
   progress?.({ phase: "hash", opsDone: 0, opsTotal: 0, bytesDone: 0, bytesTotal: 0 });
-  const hashed = await resolveHashes(
+  const hashed = unchanged ? { source: 0, replica: 0 } : await resolveHashes(
     source,
     replica,
     src,
@@ -436,7 +473,9 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     );
   }
 
-  const p: Plan = plan(src, rep, { allowDelete: !sourceErrors, renames: options.renames ?? true });
+  const p: Plan = unchanged
+    ? { ops: [], deletesSkipped: [], bytesToCopy: 0 }
+    : plan(src, rep, { allowDelete: !sourceErrors, renames: options.renames ?? true });
   mark("plan");
   if (p.deletesSkipped.length) {
     logEvent("warning", {
@@ -525,11 +564,11 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   report.done = applied.counts;
 
   // Record: the manifest describes the replica as it now is.
-  const next = recordManifest(state, src, replica);
-  const changed = !old || applied.done > 0 || applied.failures.length > 0 ||
-    !manifestsEqual(old, next);
+  const next = unchanged ? old! : recordManifest(state, src, replica);
+  const changed = !unchanged &&
+    (!old || applied.done > 0 || applied.failures.length > 0 || !manifestsEqual(old, next));
   // Unchanged: the recorded digest still holds, no need to hash 20k entries again.
-  report.digest = changed ? undefined : old.digest ?? treeDigest(next.entries);
+  report.digest = changed ? undefined : old?.digest ?? treeDigest(next.entries);
   if (changed) {
     try {
       report.digest = writeManifest(manifestPath, next);

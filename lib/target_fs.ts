@@ -165,22 +165,29 @@ export class FsTarget implements Target {
   ): Promise<PendingWrite> {
     this.#checkDir(parentOf(path));
     const tmp = this.#abs(this.#tempFor(path));
-    const out = Deno.openSync(tmp, { write: true, createNew: true, mode: 0o600 });
+    // Created with its final permission bits (the creating fd may write even to a 0444
+    // file); chmod only when the umask or special bits got in the way. Metadata comes from
+    // the fd: every path-based call costs a permission check that walks the whole path.
+    const out = Deno.openSync(tmp, { write: true, createNew: true, mode: meta.mode & 0o777 });
     let result: HashResult;
+    let st: Deno.FileInfo;
     try {
       result = await copyChunked(from, out, signal);
       out.utimeSync(new Date(), new Date(meta.mtime));
+      st = out.statSync();
     } catch (e) {
       out.close();
       removeQuietly(tmp);
       throw e;
     }
     out.close();
-    try {
-      Deno.chmodSync(tmp, meta.mode);
-    } catch (e) {
-      removeQuietly(tmp);
-      throw e;
+    if (((st.mode ?? 0) & 0o7777) !== meta.mode) {
+      try {
+        Deno.chmodSync(tmp, meta.mode);
+      } catch (e) {
+        removeQuietly(tmp);
+        throw e;
+      }
     }
     const dest = this.#abs(path);
     return {
@@ -192,7 +199,9 @@ export class FsTarget implements Target {
           removeQuietly(tmp);
           throw e;
         }
-        return fingerprintOf(Deno.lstatSync(dest));
+        // The inode stays; the rename moves ctime within the same second (if not, the
+        // next run re-hashes this file once).
+        return fingerprintOf(st);
       },
       discard: () => removeQuietly(tmp),
     };

@@ -123,3 +123,28 @@ Deno.test("isSafeRelativePath() accepts relative paths and rejects escapes", () 
     assert(!isSafeRelativePath(p), JSON.stringify(p));
   }
 });
+
+Deno.test("parseManifest() gives the same result for the canonical and any other layout", () => {
+  const cache = new Map([
+    ["b/x y.txt", { dst: [1, 2] as const, src: [3, 4] as const }],
+  ]);
+  const entries = sample();
+  entries.set('we"ird\\\\name\u0001', { type: "symlink", target: 'x"y' });
+  entries.set("z", { type: "file", size: 0, mtime: 0, mode: 0o4755, sha256: H });
+  const canonical = serializeManifest({ entries, cache }, true);
+  const pretty = JSON.stringify(JSON.parse(canonical), null, 2); // same data, other layout
+  const a = parseManifest(canonical, "a", true);
+  const b = parseManifest(pretty, "b", true);
+  assertEquals(a.entries, b.entries);
+  assertEquals(a.cache, b.cache);
+  assertEquals(a.entries.get('we"ird\\\\name\u0001'), { type: "symlink", target: 'x"y' });
+  // A damaged canonical file is still rejected with a reason.
+  for (const broken of [canonical.replace('"size":3', '"size":-3'), canonical.slice(0, -20)]) {
+    try {
+      parseManifest(broken, "m", false);
+      throw new Error("accepted a broken manifest");
+    } catch (e) {
+      assert(e instanceof ManifestError, String(e));
+    }
+  }
+});

@@ -225,7 +225,12 @@ Deno.test("changes made in the replica behind mimeo's back are noticed and undon
   const src = `${d.path}/src`, dst = `${d.path}/dst`;
   sample(src);
   await syncJson(src, dst);
-  // Same-size edit with the mtime put back: only size/mtime would miss it; inode/ctime don't.
+  // An ordinary same-size edit right after the sync: caught by its new mtime.
+  Deno.writeTextFileSync(`${dst}/-leading-dash`, "DASH");
+  // A same-size edit that even puts the mtime back: size and mtime would miss it; inode and
+  // ctime do not, once the edit falls in a later second than mimeo's write (ctime has
+  // whole seconds in Deno; `verify` re-hashes everything for the rest).
+  await new Promise((r) => setTimeout(r, 1100));
   const st = Deno.lstatSync(`${dst}/docs/deep/er/file.txt`);
   Deno.writeTextFileSync(`${dst}/docs/deep/er/file.txt`, "DEEP");
   Deno.utimeSync(`${dst}/docs/deep/er/file.txt`, st.atime!, st.mtime!);
