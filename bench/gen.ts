@@ -309,14 +309,15 @@ export interface TreeStats {
 
 /** Computes {@link TreeStats} by walking `root`. */
 export function treeStats(root: string): TreeStats {
+  const entries = walk(root);
   const stats: TreeStats = {
     files: 0,
     dirs: 0,
     symlinks: 0,
     bytes: 0,
-    largestTop: largestTop(root),
+    largestTop: largestTopOf(entries),
   };
-  for (const e of walk(root)) {
+  for (const e of entries) {
     if (e.type === "file") {
       stats.files++;
       stats.bytes += e.size;
@@ -328,8 +329,12 @@ export function treeStats(root: string): TreeStats {
 
 /** The top-level folder of `root` holding the most bytes (regular files, recursively). */
 export function largestTop(root: string): { name: string; bytes: number } {
+  return largestTopOf(walk(root));
+}
+
+function largestTopOf(entries: WalkEntry[]): { name: string; bytes: number } {
   const per = new Map<string, number>();
-  for (const e of walk(root)) {
+  for (const e of entries) {
     const slash = e.path.indexOf("/");
     if (slash < 0) {
       if (e.type === "dir" && !per.has(e.path)) per.set(e.path, 0);

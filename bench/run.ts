@@ -52,7 +52,7 @@ interface Options {
   keep: boolean;
   out?: string;
   seed: number;
-  verify: "every" | "last";
+  verify: "auto" | "every" | "last";
   timeout: number;
   flush: boolean;
 }
@@ -67,7 +67,8 @@ const HELP = `Usage: deno task bench [options]
   --dir DIR          working directory (default bench/.work)
   --out FILE         also write the results (markdown) to FILE
   --seed N           tree/mutation seed (default 1)
-  --verify MODE      every (default): check replicas after every rep; last: last rep only
+  --verify MODE      when to check the replicas: every rep, the last rep of each scenario,
+                     or auto (default): every rep, but only the last one in scenario 6
   --timeout SEC      kill a tool run after SEC seconds (default 1800)
   --no-flush         do not run \`sync\` (flush dirty pages) before each timed command
   --keep             keep the generated trees and replicas
@@ -87,7 +88,7 @@ function parseOptions(argv: string[]): Options {
       dir: { type: "string" },
       out: { type: "string" },
       seed: { type: "string", default: "1" },
-      verify: { type: "string", default: "every" },
+      verify: { type: "string", default: "auto" },
       timeout: { type: "string", default: "1800" },
       "no-flush": { type: "boolean", default: false },
       keep: { type: "boolean", default: false },
@@ -119,8 +120,8 @@ function parseOptions(argv: string[]): Options {
       throw new Error(`--tools: unknown tool '${t}' (mimeo, rsync, rclone)`);
     }
   }
-  if (values.verify !== "every" && values.verify !== "last") {
-    throw new Error(`--verify: expected 'every' or 'last', got '${values.verify}'`);
+  if (values.verify !== "auto" && values.verify !== "every" && values.verify !== "last") {
+    throw new Error(`--verify: expected 'auto', 'every' or 'last', got '${values.verify}'`);
   }
   return {
     scale,
@@ -266,8 +267,8 @@ function toolCommand(
 }
 
 /** mimeo keeps its manifest beside the replica: `DST.mimeo.json` (plus any temp siblings). */
-function resetReplica(tool: Tool, dst: string): void {
-  removeIfExists(dst);
+async function resetReplica(tool: Tool, dst: string): Promise<void> {
+  await removeParallel([dst]);
   if (tool !== "mimeo") return;
   removeIfExists(`${dst}.mimeo.json`);
   const prefix = `${basename(dst)}.mimeo.`;
@@ -280,10 +281,32 @@ function resetReplica(tool: Tool, dst: string): void {
   }
 }
 
+/**
+ * Removes `paths` recursively, each top folder's children concurrently (Deno runs async
+ * removals on a thread pool; on this machine that is about twice as fast for big trees).
+ */
+async function removeParallel(paths: string[]): Promise<void> {
+  const jobs: Promise<void>[] = [];
+  for (const p of paths) {
+    let children: string[];
+    try {
+      children = [...Deno.readDirSync(p)].map((e) => join(p, e.name));
+    } catch {
+      removeIfExists(p); // a file, or missing
+      continue;
+    }
+    for (const c of children) jobs.push(Deno.remove(c, { recursive: true }));
+  }
+  await Promise.all(jobs);
+  for (const p of paths) removeIfExists(p);
+}
+
 interface RunResult {
   ok: boolean;
   seconds: number;
   rssKB: number | null;
+  /** CPUs' worth of work done by other processes during the run (busy CPU-s / wall s). */
+  otherCpus: number | null;
   code: number;
   timedOut: boolean;
   output: string;
@@ -291,9 +314,18 @@ interface RunResult {
 
 let currentChild: Deno.ChildProcess | null = null;
 
+/** Busy CPU time of the whole machine so far (all CPUs, /proc/stat, USER_HZ = 100). */
+function cpuBusySeconds(): number | null {
+  const fields = safeRead("/proc/stat").split("\n")[0].trim().split(/\s+/).slice(1).map(Number);
+  if (fields.length < 8 || fields.some((f) => !Number.isFinite(f))) return null;
+  // user nice system idle iowait irq softirq steal ...: everything but idle and iowait
+  const busy = fields.slice(0, 8).reduce((a, b) => a + b, 0) - fields[3] - fields[4];
+  return busy / 100;
+}
+
 /**
- * Runs one sync as `timeout -k 10 T /usr/bin/time -f %M -o F CMD...` and measures wall time
- * with performance.now() around the spawn. %M is the peak RSS (KB) of the largest process
+ * Runs one sync as `timeout -k 10 T /usr/bin/time -f '%M %U %S' -o F CMD...` and measures wall
+ * time with performance.now() around the spawn. %M is the peak RSS (KB) of the largest process
  * among the tool and its waited-for children.
  */
 async function runTool(tool: Tool, src: string, dst: string, opts: Options): Promise<RunResult> {
@@ -306,7 +338,7 @@ async function runTool(tool: Tool, src: string, dst: string, opts: Options): Pro
     String(opts.timeout),
     "/usr/bin/time",
     "-f",
-    "%M",
+    "%M %U %S",
     "-o",
     rssFile,
     ...cmd,
@@ -319,17 +351,23 @@ async function runTool(tool: Tool, src: string, dst: string, opts: Options): Pro
     stdout: "piped",
     stderr: "piped",
   });
+  const busy0 = cpuBusySeconds();
   const t0 = performance.now();
   const child = command.spawn();
   currentChild = child;
   const out = await child.output();
   const seconds = (performance.now() - t0) / 1000;
   currentChild = null;
+  const busy1 = cpuBusySeconds();
   let rssKB: number | null = null;
+  let otherCpus: number | null = null;
   try {
     const lines = Deno.readTextFileSync(rssFile).trim().split("\n");
-    const n = Number(lines[lines.length - 1]);
-    if (Number.isFinite(n) && n > 0) rssKB = n;
+    const [maxrss, user, sys] = lines[lines.length - 1].split(" ").map(Number);
+    if (Number.isFinite(maxrss) && maxrss > 0) rssKB = maxrss;
+    if (busy0 !== null && busy1 !== null && Number.isFinite(user + sys) && seconds > 0) {
+      otherCpus = Math.max(0, (busy1 - busy0 - user - sys) / seconds);
+    }
   } catch {
     // time was killed or never ran
   }
@@ -337,6 +375,7 @@ async function runTool(tool: Tool, src: string, dst: string, opts: Options): Pro
     ok: out.success,
     seconds,
     rssKB,
+    otherCpus,
     code: out.code,
     timedOut: out.code === 124,
     output: decoder.decode(out.stdout) + decoder.decode(out.stderr),
@@ -486,6 +525,7 @@ export function verifyAll(src: string, dsts: string[]): VerifyResult[] {
 interface Series {
   times: number[];
   rssKB: number[];
+  otherCpus: number[];
   failed: number;
   wrong: number;
   verified: number;
@@ -507,6 +547,7 @@ function newRow(id: string, title: string, tools: Tool[]): Row {
     per.set(t, {
       times: [],
       rssKB: [],
+      otherCpus: [],
       failed: 0,
       wrong: 0,
       verified: 0,
@@ -588,7 +629,7 @@ class Bench {
 
   constructor(readonly opts: Options) {}
 
-  tree(name: "main" | "many"): Tree {
+  async tree(name: "main" | "many"): Promise<Tree> {
     let t = this.trees.get(name);
     if (t) return t;
     const base = join(this.opts.dir, name);
@@ -604,7 +645,7 @@ class Bench {
       stats: null,
       inSync: new Map(this.opts.tools.map((tool) => [tool, false])),
     };
-    removeIfExists(base);
+    await removeParallel([base]);
     Deno.mkdirSync(base, { recursive: true });
     const t0 = performance.now();
     log(`generating ${name} tree in ${t.src} ...`);
@@ -644,9 +685,15 @@ class Bench {
       const rss = r.rssKB === null ? "?" : `${(r.rssKB / 1024).toFixed(0)} MB`;
       if (r.ok) {
         if (r.rssKB !== null) series.rssKB.push(r.rssKB);
+        if (r.otherCpus !== null) series.otherCpus.push(r.otherCpus);
         series.times.push(r.seconds);
         synced.push(tool);
-        log(`${label} ${tool.padEnd(6)} ${fmtSecs(r.seconds)} s, peak RSS ${rss}`);
+        const others = r.otherCpus === null ? "?" : r.otherCpus.toFixed(2);
+        log(
+          `${label} ${tool.padEnd(6)} ${
+            fmtSecs(r.seconds)
+          } s, peak RSS ${rss}, other CPU ${others}`,
+        );
       } else {
         series.failed++;
         const why = r.timedOut ? `timed out after ${opts.timeout} s` : `exit ${r.code}`;
@@ -656,7 +703,9 @@ class Bench {
       }
       t.inSync.set(tool, r.ok);
     }
-    if (synced.length === 0 || (opts.verify === "last" && rep !== opts.reps - 1)) return;
+    // Checking 4 x 200k files takes 30-60 s here, so by default scenario 6 checks its last rep only.
+    const lastOnly = opts.verify === "last" || (opts.verify === "auto" && row.id.startsWith("6"));
+    if (synced.length === 0 || (lastOnly && rep !== opts.reps - 1)) return;
     const t0 = performance.now();
     const results = verifyAll(t.src, synced.map((tool) => t.dst.get(tool)!));
     const parts: string[] = [];
@@ -700,18 +749,18 @@ class Bench {
   // --- scenarios ---------------------------------------------------------------------------
 
   async scenario1(): Promise<void> {
-    const t = this.tree("main");
+    const t = await this.tree("main");
     const s = t.stats!;
     const row = newRow("1", `1. first sync, ${s.files} files / ${fmtMB(s.bytes)}`, this.opts.tools);
     this.rows.push(row);
     for (let rep = 0; rep < this.opts.reps; rep++) {
-      for (const tool of this.opts.tools) resetReplica(tool, t.dst.get(tool)!);
+      await Promise.all(this.opts.tools.map((tool) => resetReplica(tool, t.dst.get(tool)!)));
       await this.timedRep(t, row, rep);
     }
   }
 
   async scenario2(): Promise<void> {
-    const t = this.tree("main");
+    const t = await this.tree("main");
     const row = newRow("2", "2. no-op (nothing changed)", this.opts.tools);
     this.rows.push(row);
     for (let rep = 0; rep < this.opts.reps; rep++) {
@@ -721,7 +770,7 @@ class Bench {
   }
 
   async scenario3(): Promise<void> {
-    const t = this.tree("main");
+    const t = await this.tree("main");
     const row = newRow("3", "3. 1% edited, 1% added, 1% deleted", this.opts.tools);
     this.rows.push(row);
     for (let rep = 0; rep < this.opts.reps; rep++) {
@@ -738,7 +787,7 @@ class Bench {
   }
 
   async scenario4(): Promise<void> {
-    const t = this.tree("main");
+    const t = await this.tree("main");
     const row = newRow("4", "4. largest top-level folder renamed", this.opts.tools);
     this.rows.push(row);
     for (let rep = 0; rep < this.opts.reps; rep++) {
@@ -751,7 +800,7 @@ class Bench {
   }
 
   async scenario5(): Promise<void> {
-    const t = this.tree("main");
+    const t = await this.tree("main");
     const size = Math.max(1 << 20, Math.round(GiB * this.opts.scale));
     const row = newRow("5", `5. one new ${fmtMB(size)} file added`, this.opts.tools);
     this.rows.push(row);
@@ -778,7 +827,7 @@ class Bench {
   }
 
   async scenario6(): Promise<void> {
-    const t = this.tree("many");
+    const t = await this.tree("many");
     const s = t.stats!;
     const a = newRow(
       "6a",
@@ -805,14 +854,33 @@ class Bench {
     }
   }
 
-  cleanup(): void {
+  /** The working data (not the --dir folder itself, which may hold other things). */
+  workDirs(): string[] {
+    return ["main", "many", "blob", "warm", "tmp"].map((name) => join(this.opts.dir, name));
+  }
+
+  /** Synchronous cleanup for Ctrl-C: blocks the event loop so no scenario step runs meanwhile. */
+  cleanupSync(): void {
+    if (!this.opts.keep) { for (const d of this.workDirs()) removeIfExists(d); }
+  }
+
+  async cleanup(): Promise<void> {
     if (this.opts.keep) {
       log(`--keep: leaving ${this.opts.dir}`);
       return;
     }
-    for (const name of ["main", "many", "blob", "warm", "tmp"]) {
-      removeIfExists(join(this.opts.dir, name));
-    }
+    const t0 = performance.now();
+    const dirs = this.workDirs();
+    // main/ and many/ hold src and one replica per tool: remove those side by side.
+    await removeParallel(dirs.flatMap((d) => {
+      try {
+        return [...Deno.readDirSync(d)].map((e) => join(d, e.name));
+      } catch {
+        return [];
+      }
+    }));
+    for (const d of dirs) removeIfExists(d);
+    log(`removed the working data in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   }
 }
 
@@ -830,7 +898,13 @@ function machineInfo(opts: Options): string[] {
       (memKB / 1024 / 1024).toFixed(0)
     } GiB RAM, ${kernel}, work dir on ${fs}`,
     `tools: ${opts.tools.map(toolVersion).join("; ")}`,
+    `load average at start: ${loadAvg().join(" ")}`,
   ];
+}
+
+/** The 1-, 5- and 15-minute load averages. */
+function loadAvg(): number[] {
+  return safeRead("/proc/loadavg").split(/\s+/).slice(0, 3).map(Number);
 }
 
 /** /proc files need --allow-all in Deno 2, so read them through `cat`. */
@@ -847,6 +921,14 @@ function report(bench: Bench, header: string[]): string {
     "",
   );
   for (const h of header.slice(1)) lines.push(`- ${h}`);
+  const others = rows.flatMap((r) => [...r.per.values()].flatMap((s) => s.otherCpus));
+  if (others.length > 0) {
+    lines.push(
+      `- CPU used outside the timed tool during timed runs (other programs, kernel threads), in CPUs: ` +
+        `median ${median(others).toFixed(2)}, max ${Math.max(...others).toFixed(2)}; ` +
+        `load average at the end ${loadAvg().join(" ")}`,
+    );
+  }
   for (const t of bench.trees.values()) {
     const s = t.stats!;
     lines.push(
@@ -857,10 +939,16 @@ function report(bench: Bench, header: string[]): string {
     );
   }
   lines.push(
-    `- scale ${opts.scale}, reps ${opts.reps} (median reported), seed ${opts.seed}, verify ${opts.verify}; ` +
-      `tool order rotated each rep; warm page cache${
-        opts.flush ? ", `sync` before each timed run" : ""
-      }`,
+    `- scale ${opts.scale}, reps ${opts.reps} (median reported), seed ${opts.seed}; replicas checked ${
+      {
+        auto: "after every rep (scenario 6: last rep)",
+        every: "after every rep",
+        last: "after the last rep",
+      }[
+        opts.verify
+      ]
+    }; ` +
+      `tool order rotated each rep${opts.flush ? ", `sync` before each timed run" : ""}`,
     "",
   );
   const sel = (t: Tool) => opts.tools.includes(t);
@@ -893,7 +981,10 @@ function report(bench: Bench, header: string[]): string {
     for (const d of row.detail) lines.push(`- ${row.id}: ${d}`);
     for (const [tool, s] of row.per) {
       const times = s.times.map(fmtSecs).join(", ") || "none";
-      lines.push(`- ${row.id} ${tool}: ${times}${s.failed ? `; ${s.failed} failed` : ""}`);
+      const others = s.otherCpus.length
+        ? `; other CPU ${s.otherCpus.map((x) => x.toFixed(2)).join(", ")}`
+        : "";
+      lines.push(`- ${row.id} ${tool}: ${times}${s.failed ? `; ${s.failed} failed` : ""}${others}`);
       for (const n of s.notes) lines.push(`  - ${n}`);
     }
   }
@@ -941,11 +1032,14 @@ async function main(): Promise<void> {
     } catch {
       // already gone
     }
-    bench.cleanup();
+    bench.cleanupSync();
     Deno.exit(130);
   });
   const header = [`deno task bench ${Deno.args.join(" ")}`.trim(), ...machineInfo(opts)];
   for (const h of header) log(h);
+  if (loadAvg()[0] > 0.5) {
+    log("warning: the machine is busy (1-min load average > 0.5); timings will be noisy");
+  }
   const t0 = performance.now();
   try {
     await bench.warmUp();
@@ -962,7 +1056,7 @@ async function main(): Promise<void> {
       await scenarios[id]();
     }
   } finally {
-    bench.cleanup();
+    await bench.cleanup();
   }
   const md = report(bench, header);
   console.log(md);
