@@ -86,15 +86,17 @@ async function copyFile(
     let after: Deno.FileInfo;
     try {
       w = await o.target.writeFile(path, from, expect, o.signal);
-      // fstat of the open source: did it change while we copied it? (A file renamed over
-      // it meanwhile is a new inode: we copied a consistent old version; the next run sees
-      // the new one.)
-      after = from.statSync();
-    } catch (e) {
+    } finally {
       from.close();
+    }
+    // Did the source change while it was copied? (lstat by path: cheaper than fstat in
+    // Deno, and a file replaced meanwhile shows as a new inode: copied again.)
+    try {
+      after = Deno.lstatSync(srcAbs);
+    } catch (e) {
+      w.discard();
       throw e;
     }
-    from.close();
     if (sameStat(expect, after) && w.size === expect.size) {
       const fp = w.commit();
       const srcNode: FileNode = { ...expect, sha256: w.sha256, hashedAt: startedAt };
@@ -102,6 +104,7 @@ async function copyFile(
       return { ...expect, sha256: w.sha256, fp, hashedAt: Date.now() };
     }
     w.discard();
+    if (!after.isFile) throw new Error("source file was replaced while being copied");
     if (attempt >= COPY_ATTEMPTS) {
       throw Object.assign(
         new Error(`source file kept changing while being copied (${attempt} attempts)`),

@@ -439,7 +439,8 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     if (i.level === "error") issues.push({ ...i, path: `(replica) ${i.path}` });
   }
   if (!options.checksum) reuseSourceHashes(src, old, now);
-  reuseReplicaHashes(rep, old);
+  // --checksum trusts no recorded hash on either side: what the plan uses gets re-read.
+  if (!options.checksum) reuseReplicaHashes(rep, old);
   mark("cache");
   const unchanged = !options.checksum && !issues.some((i) => i.level === "error") &&
     isUnchanged(src, rep, old);

@@ -6,7 +6,7 @@
  *
  * Knobs (read with Deno.env.get; tests run with --allow-env):
  * - `MIMEO_SEED`   seed of the PRNG (default 1); printed in test names and failures.
- * - `MIMEO_ROUNDS` rounds of the main random loop (default 45).
+ * - `MIMEO_ROUNDS` rounds of the main random loop (default 80).
  *
  * Replay a failure: `MIMEO_SEED=<seed> MIMEO_ROUNDS=<round> deno test --allow-read
  * --allow-write --allow-run --allow-env tests/differential_test.ts`.
@@ -31,7 +31,7 @@ function envInt(name: string, fallback: number): number {
 }
 
 const SEED = envInt("MIMEO_SEED", 1);
-const ROUNDS = envInt("MIMEO_ROUNDS", 45);
+const ROUNDS = envInt("MIMEO_ROUNDS", 80);
 /** Run `verify` after every this many rounds. */
 const VERIFY_EVERY = 3;
 /** Tamper with the replica before every this many rounds. */
@@ -125,6 +125,8 @@ function exists(abs: string): boolean {
 /** Random changes to a tree, logged as text so a failing round can be read back. */
 class Fuzzer {
   log: string[] = [];
+  /** Manifests of the last few rounds, to put a stale one back. */
+  manifests: string[] = [];
   #n = 0;
 
   constructor(
@@ -305,8 +307,16 @@ class Fuzzer {
     this.log.push(`delete ${q(p)}`);
   }
 
+  /** Folders, mostly small ones (so one deletion does not wipe half the tree). */
+  victimDirs(): Ent[] {
+    const ents = this.ents();
+    const dirs = ents.filter((e) => e.kind === "dir");
+    if (this.rng.chance(0.15)) return dirs;
+    return dirs.filter((d) => ents.filter((e) => e.path.startsWith(`${d.path}/`)).length <= 12);
+  }
+
   deleteDir(): void {
-    const c = this.of("dir");
+    const c = this.victimDirs();
     if (!c.length) return;
     const p = this.rng.pick(c).path;
     Deno.removeSync(`${this.src}/${p}`, { recursive: true });
@@ -392,7 +402,7 @@ class Fuzzer {
       [1, "dir->symlink"],
     ]);
     const [from] = kind.split("->");
-    const c = ents.filter((e) => e.kind === from);
+    const c = from === "dir" ? this.victimDirs() : ents.filter((e) => e.kind === from);
     if (!c.length) return;
     const p = this.rng.pick(c).path;
     const abs = `${this.src}/${p}`;
@@ -481,17 +491,57 @@ class Fuzzer {
     this.log.push(`deep path ${q(f ?? p)}`);
   }
 
+  /** A second name for an existing file (a hard link). */
+  addHardLink(): void {
+    const files = this.of("file");
+    if (!files.length) return;
+    const from = this.rng.pick(files).path;
+    const p = this.fresh(this.src, this.rng.pick(this.dirs()).path);
+    if (!p) return;
+    Deno.linkSync(`${this.src}/${from}`, `${this.src}/${p}`);
+    this.log.push(`hard link ${q(p)} to ${q(from)}`);
+  }
+
+  /** Two names that differ only by Unicode normalization or by case, side by side. */
+  addTwins(): void {
+    const dir = this.rng.pick(this.dirs()).path;
+    const n = this.#n++;
+    const [a, b] = this.rng.chance(0.5)
+      ? [`café ${n}`, `cafe\u0301 ${n}`]
+      : [`Twin${n}.TXT`, `twin${n}.txt`];
+    const ents = [join(dir, a), join(dir, b)];
+    if (ents.some((p) => exists(`${this.src}/${p}`) || byteLen(p) > MAX_REL_BYTES)) return;
+    this.writeNew(this.src, ents[0], 10);
+    if (this.rng.chance(0.5)) Deno.mkdirSync(`${this.src}/${ents[1]}`);
+    else this.writeNew(this.src, ents[1], 10);
+    this.log.push(`twins ${q(ents[0])} and ${q(ents[1])}`);
+  }
+
+  /** A new folder with a few files and maybe a subfolder. */
+  addSubtree(): void {
+    const p = this.fresh(this.src, this.rng.pick(this.dirs()).path);
+    if (!p) return;
+    this.fillDir(p);
+    for (let i = 0, n = this.rng.int(2, 6); i < n; i++) {
+      const f = this.fresh(this.src, p);
+      if (f) this.writeNew(this.src, f);
+    }
+    this.log.push(`add folder with files ${q(p)}`);
+  }
+
   mutateSource(count: number): void {
     const files = this.of("file").length;
-    const crowded = files > 220;
+    const crowded = files > 240;
+    const sparse = files < 120;
     for (let i = 0; i < count; i++) {
       const op = this.rng.weighted<() => void>([
-        [crowded ? 8 : 20, () => this.addFile()],
+        [crowded ? 8 : sparse ? 30 : 20, () => this.addFile()],
+        [crowded ? 1 : sparse ? 8 : 3, () => this.addSubtree()],
         [4, () => this.addDuplicate()],
         [8, () => this.editFile()],
         [8, () => this.sameSizeEdit()],
         [crowded ? 14 : 6, () => this.deleteFile()],
-        [crowded ? 6 : 2, () => this.deleteDir()],
+        [crowded ? 6 : sparse ? 1 : 2, () => this.deleteDir()],
         [8, () => this.renameFile()],
         [6, () => this.renameDir()],
         [4, () => this.swap()],
@@ -502,6 +552,8 @@ class Fuzzer {
         [5, () => this.touch()],
         [4, () => this.mkdirEmpty()],
         [1, () => this.deepPath()],
+        [2, () => this.addHardLink()],
+        [2, () => this.addTwins()],
       ]);
       op();
     }
@@ -509,8 +561,10 @@ class Fuzzer {
 
   initial(): void {
     for (let i = 0; i < 6; i++) this.mkdirEmpty();
+    for (let i = 0; i < 20; i++) this.addSubtree();
     this.deepPath();
-    for (let i = 0; i < 50; i++) this.addFile();
+    this.deepPath();
+    for (let i = 0; i < 60; i++) this.addFile();
     for (let i = 0; i < 6; i++) this.addSymlink();
     for (let i = 0; i < 3; i++) this.chmodDir();
   }
@@ -536,8 +590,11 @@ class Fuzzer {
         [2, "file->outside-link"],
         [3, "touch"],
         [2, "stale-temp"],
+        [2, "dir->file"],
+        [2, "file->dir"],
         [1, "no-manifest"],
         [1, "bad-manifest"],
+        [2, "stale-manifest"],
       ]);
       const fileP = files.length ? this.rng.pick(files).path : undefined;
       const dirP = dirs.length ? this.rng.pick(dirs).path : undefined;
@@ -613,10 +670,31 @@ class Fuzzer {
           this.log.push(`replica: stale temp file ${q(p)}`);
           break;
         }
+        case "dir->file":
+          if (!dirP) break;
+          Deno.removeSync(`${d}/${dirP}`, { recursive: true });
+          Deno.writeFileSync(`${d}/${dirP}`, this.rng.bytes(this.rng.int(0, 200)));
+          this.log.push(`replica: folder ${q(dirP)} replaced by a file`);
+          break;
+        case "file->dir":
+          if (!fileP) break;
+          Deno.removeSync(`${d}/${fileP}`);
+          Deno.mkdirSync(`${d}/${fileP}/x/y`, { recursive: true });
+          Deno.writeTextFileSync(`${d}/${fileP}/x/y/z.txt`, "in the way");
+          this.log.push(`replica: file ${q(fileP)} replaced by a folder tree`);
+          break;
         case "no-manifest":
+          if (!exists(manifest)) break;
           Deno.removeSync(manifest);
           this.log.push(`replica: manifest deleted`);
           break;
+        case "stale-manifest": {
+          if (this.manifests.length < 2) break;
+          const back = this.rng.int(2, this.manifests.length);
+          Deno.writeTextFileSync(manifest, this.manifests[this.manifests.length - back]);
+          this.log.push(`replica: manifest replaced by the one from ${back - 1} syncs earlier`);
+          break;
+        }
         case "bad-manifest":
           Deno.writeTextFileSync(manifest, '{"version": 1, "entr');
           this.log.push(`replica: manifest truncated`);
@@ -734,7 +812,8 @@ async function checkedSync(
 
 function context(test: string, round: number | string, log: string[]): () => string {
   return () =>
-    `[${test}] MIMEO_SEED=${SEED} round ${round} (replay: MIMEO_SEED=${SEED} MIMEO_ROUNDS=${round})\n` +
+    `[${test}] MIMEO_SEED=${SEED} round ${round}` +
+    (test === "random" ? ` (replay: MIMEO_SEED=${SEED} MIMEO_ROUNDS=${round})` : "") + "\n" +
     `changes this round:\n${log.slice(-60).map((l) => `  ${l}`).join("\n") || "  (none)"}`;
 }
 
@@ -752,10 +831,14 @@ Deno.test(`differential: ${ROUNDS} random rounds (MIMEO_SEED=${SEED})`, async ()
       fz.log = [];
       fz.mutateSource(rng.int(2, 9));
       if (round % TAMPER_EVERY === 0) fz.tamper(rng.int(1, 4), s.manifest);
+      // An empty source is refused by design (exit 3); keep at least one entry.
+      if (!fz.ents().length) fz.addFile();
     }
     await checkedSync(s, context("random", round, fz.log), {
       verify: round % VERIFY_EVERY === 0 || round === ROUNDS,
     });
+    fz.manifests.push(Deno.readTextFileSync(s.manifest));
+    if (fz.manifests.length > 4) fz.manifests.shift();
   }
 });
 
@@ -828,6 +911,43 @@ Deno.test(`differential: --checksum finds edits that keep size and mtime (MIMEO_
   }
 });
 
+Deno.test("differential: --checksum also checks replica files that a rename moves", async () => {
+  await using tmp = await tempDir("mimeo-diff-");
+  const s = makeSandbox(tmp.path);
+  writeTree(s.src, {
+    "a.txt": "hello world",
+    "dir/one.txt": "first file in dir",
+    "dir/two.txt": "second file in dir",
+  });
+  const past = new Date(Date.UTC(2020, 0, 1, 12, 0, 0, 123));
+  for (const p of ["a.txt", "dir/one.txt", "dir/two.txt"]) {
+    Deno.utimeSync(`${s.src}/${p}`, past, past);
+  }
+  const log = ["a.txt, dir/one.txt, dir/two.txt with past mtimes"];
+  // Start at the beginning of a wall-clock second, so that the copies below and the
+  // tampering after them share one ctime second (Deno reports ctime in whole seconds): a
+  // replica edit no stat check can see, which is exactly what --checksum is for.
+  await new Promise((r) => setTimeout(r, 1005 - (Date.now() % 1000)));
+  await checkedSync(s, context("checksum-moves", 0, log));
+  for (const p of ["a.txt", "dir/one.txt"]) {
+    const abs = `${s.dst}/${p}`;
+    const st = Deno.lstatSync(abs);
+    const data = Deno.readFileSync(abs);
+    data[0] ^= 0x20; // same size, different bytes
+    Deno.writeFileSync(abs, data);
+    Deno.utimeSync(abs, st.atime ?? st.mtime!, st.mtime!); // mtime kept
+  }
+  Deno.renameSync(`${s.src}/a.txt`, `${s.src}/b.txt`);
+  Deno.renameSync(`${s.src}/dir`, `${s.src}/moved-dir`);
+  log.splice(
+    0,
+    log.length,
+    "replica: same-size edits of a.txt and dir/one.txt, mtime kept",
+    "source: a.txt -> b.txt, dir -> moved-dir",
+  );
+  await checkedSync(s, context("checksum-moves", 1, log), { extra: ["--checksum"] });
+});
+
 Deno.test("differential: long names in multi-byte characters (<= 255 bytes)", async () => {
   await using tmp = await tempDir("mimeo-diff-");
   const s = makeSandbox(tmp.path);
@@ -842,4 +962,31 @@ Deno.test("differential: long names in multi-byte characters (<= 255 bytes)", as
   });
   const log = [`files ${q(cjk)}, dir/${q(accents)}, symlink ${q(emoji)}`];
   await checkedSync(s, context("long-names", 1, log), { verify: true });
+});
+
+Deno.test(`differential: large replica, scanned in a worker (MIMEO_SEED=${SEED})`, async () => {
+  await using tmp = await tempDir("mimeo-diff-");
+  const s = makeSandbox(tmp.path);
+  const rng = new Rng(SEED ^ 0xb16);
+  const fz = new Fuzzer(rng, s.src, s.dst, s.outside);
+  // Enough entries for a manifest over 512 KiB, the size from which mimeo walks the
+  // replica in a Worker.
+  for (let d = 0; d < 32; d++) {
+    const dir = `${s.src}/bulk/${d % 4}/folder ${d}`;
+    Deno.mkdirSync(dir, { recursive: true });
+    for (let k = 0; k < 100; k++) {
+      Deno.writeFileSync(`${dir}/f${k}`, rng.bytes(rng.int(0, 64)));
+      if (rng.chance(0.5)) fz.setMtime(`${dir}/f${k}`);
+    }
+  }
+  fz.initial();
+  fz.log = ["initial tree: 3,200 small files under bulk/ plus a random tree"];
+  await checkedSync(s, context("large", 0, fz.log));
+  for (let round = 1; round <= 5; round++) {
+    fz.log = [];
+    fz.mutateSource(rng.int(3, 9));
+    fz.tamper(rng.int(1, 3), s.manifest);
+    await checkedSync(s, context("large", round, fz.log), { verify: true });
+    fz.manifests.push(Deno.readTextFileSync(s.manifest));
+  }
 });
