@@ -37,8 +37,12 @@ import {
   type Tree,
 } from "./types.ts";
 
-/** Replicas whose manifest is at least this large are scanned on a second thread. */
-export const WORKER_MIN_MANIFEST_BYTES = 512 * 1024;
+/**
+ * Replicas whose manifest is at least this large (about 40,000 entries) are scanned on a
+ * second thread: below that, a second V8 isolate costs more memory (~30 MB) than it saves
+ * time (measured in bench/README.md).
+ */
+export const WORKER_MIN_MANIFEST_BYTES = 8 * 1024 * 1024;
 
 /** Options for {@linkcode sync}. */
 export interface SyncOptions {
@@ -91,6 +95,11 @@ export interface SyncOptions {
   only?: string[];
   /** The log file, checked to be outside the source and the replica. */
   logFile?: string;
+  /**
+   * Scan the replica on a second thread when its manifest is at least this many bytes.
+   * @default WORKER_MIN_MANIFEST_BYTES
+   */
+  workerMinManifestBytes?: number;
 }
 
 /** Progress of a run. */
@@ -125,6 +134,8 @@ export interface SyncReport {
   /** Digest of the replica's manifest after the run (absent on a dry run). */
   digest?: string;
   manifestWritten: boolean;
+  /** Whether the replica was scanned on a second thread. */
+  scannedInWorker: boolean;
   stopped: boolean;
   durationMs: number;
   exitCode: number;
@@ -395,7 +406,9 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   try {
     manifestBytes = Deno.statSync(manifestPath).size;
   } catch { /* no manifest yet */ }
-  const repInWorker = replicaExists && !options.only && manifestBytes >= WORKER_MIN_MANIFEST_BYTES
+  const minBytes = options.workerMinManifestBytes ?? WORKER_MIN_MANIFEST_BYTES;
+  const repInWorker = replicaExists && !options.only && manifestBytes > 0 &&
+      manifestBytes >= minBytes
     ? scanInWorker({ root: replica, filter: filterOptions }, options.signal)
     : undefined;
   repInWorker?.catch(() => {}); // handled where awaited
@@ -417,9 +430,11 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   const roots = old && options.only ? new Set(normalizeOnly(options.only)) : undefined;
   const srcScan = scanTree(source, { exclude, signal: options.signal, only: roots && [...roots] });
   let repScan: { tree: Tree; issues: ScanIssue[] } | undefined;
+  let repScanFromWorker = false;
   if (repInWorker) {
     try {
       repScan = await repInWorker;
+      repScanFromWorker = true;
     } catch (e) {
       if (options.signal?.aborted) throw e;
       logEvent("debug", {
@@ -518,6 +533,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     hashed,
     entries: src.size,
     manifestWritten: false,
+    scannedInWorker: repInWorker !== undefined && repScanFromWorker,
     stopped: false,
     durationMs: 0,
     exitCode: ExitCode.Ok,
@@ -599,7 +615,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   logEvent("debug", {
     event: "timings",
     ms: marks,
-    replicaScan: repInWorker ? "worker" : "main",
+    replicaScan: repScanFromWorker ? "worker" : "main",
     message: `timings (ms): ${JSON.stringify(marks)}${
       repInWorker ? ", replica scanned in a worker" : ""
     }`,
