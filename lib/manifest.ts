@@ -83,20 +83,34 @@ export function comparePaths(a: string, b: string): number {
  */
 export function treeDigest(tree: Tree, paths: string[] = sortedPaths(tree)): string {
   const h = createHash("sha256");
+  // Batched: one native update per 1,000 entries instead of one per entry.
+  let batch: string[] = [];
   for (const p of paths) {
-    const n = tree.get(p)!;
-    let content = "";
-    let mode = "";
-    if (n.type === "file") {
-      if (!n.sha256) throw new Error(`no hash for '${p}'`);
-      content = n.sha256;
-      mode = modeString(n.mode);
-    } else if (n.type === "dir") mode = modeString(n.mode);
-    else content = n.target;
-    h.update(`${p}\0${n.type}\0${mode}\0${content}\0`);
+    batch.push(digestLine(p, tree.get(p)!));
+    if (batch.length === 1000) {
+      h.update(batch.join(""));
+      batch = [];
+    }
   }
+  if (batch.length) h.update(batch.join(""));
   return `sha256:${h.digest("hex")}`;
 }
+
+function digestLine(p: string, n: Node): string {
+  if (n.type === "file") {
+    if (!n.sha256) throw new Error(`no hash for '${p}'`);
+    return `${p}\0file\0${modeString(n.mode)}\0${n.sha256}\0`;
+  }
+  if (n.type === "dir") return `${p}\0dir\0${modeString(n.mode)}\0\0`;
+  return `${p}\0symlink\0\0${n.target}\0`;
+}
+
+/** JSON text of a string; skips JSON.stringify for the common case of nothing to escape. */
+function jsonString(s: string): string {
+  return NEEDS_ESCAPE.test(s) ? JSON.stringify(s) : `"${s}"`;
+}
+// deno-lint-ignore no-control-regex
+const NEEDS_ESCAPE = /["\\\u0000-\u001f\u2028\u2029\ud800-\udfff]/;
 
 /** Counts and bytes of a tree. */
 export function totalsOf(tree: Tree): Totals {
@@ -120,40 +134,78 @@ function entryJson(n: Node): string {
     case "dir":
       return `{"mode":"${modeString(n.mode)}","type":"dir"}`;
     case "symlink":
-      return `{"target":${JSON.stringify(n.target)},"type":"symlink"}`;
+      return `{"target":${jsonString(n.target)},"type":"symlink"}`;
   }
 }
 
 /**
- * Serialize a manifest to its canonical JSON text (sorted keys, one entry per line).
- * The cache section is written only when `withCache` is set.
+ * Serialize a manifest to its canonical JSON text (sorted keys, one entry per line), in one
+ * pass that also computes the digest. The cache section is written only when `withCache`.
+ * Returns the text in chunks of about 64 KiB, built by concatenation: joining 20,000 small
+ * strings with `Array.prototype.join` costs several times more.
  */
-export function serializeManifest(m: Manifest, withCache: boolean): string {
+export function serializeManifestChunks(m: Manifest, withCache: boolean): string[] {
   const paths = sortedPaths(m.entries);
-  const digest = treeDigest(m.entries, paths);
+  const h = createHash("sha256");
+  let digestIn = "";
+  const keys: string[] = new Array(paths.length);
+  let cacheText = "";
+  const cacheChunks: string[] = [];
+  const t: Totals = { files: 0, dirs: 0, symlinks: 0, bytes: 0 };
+  let sep = "";
+  for (let i = 0; i < paths.length; i++) {
+    const p = paths[i];
+    const n = m.entries.get(p)!;
+    const key = keys[i] = jsonString(p);
+    digestIn += digestLine(p, n);
+    if (digestIn.length > 65536) {
+      h.update(digestIn);
+      digestIn = "";
+    }
+    if (n.type === "file") {
+      t.files++;
+      t.bytes += n.size;
+      const c = withCache ? m.cache.get(p) : undefined;
+      if (c && (c.dst || c.src)) {
+        // [dst ino, dst ctime] or [dst ino, dst ctime, src ino, src ctime]; 0,0 = no dst.
+        const d = c.dst ?? [0, 0];
+        cacheText += c.src
+          ? `${sep}${key}: [${d[0]},${d[1]},${c.src[0]},${c.src[1]}]`
+          : `${sep}${key}: [${d[0]},${d[1]}]`;
+        sep = ",\n";
+        if (cacheText.length > 65536) {
+          cacheChunks.push(cacheText);
+          cacheText = "";
+        }
+      }
+    } else if (n.type === "dir") t.dirs++;
+    else t.symlinks++;
+  }
+  h.update(digestIn);
+  const digest = `sha256:${h.digest("hex")}`;
   m.digest = digest;
-  const t = totalsOf(m.entries);
   const out: string[] = [`{\n"algorithm": "sha256",\n`];
   if (withCache) {
-    const lines: string[] = [];
-    for (const p of paths) {
-      const c = m.cache.get(p);
-      if (!c || (!c.dst && !c.src)) continue;
-      // [dst ino, dst ctime] or [dst ino, dst ctime, src ino, src ctime]; 0,0 = no dst.
-      const d = c.dst ?? [0, 0];
-      const arr = c.src ? [d[0], d[1], c.src[0], c.src[1]] : [d[0], d[1]];
-      lines.push(`${JSON.stringify(p)}: [${arr.join(",")}]`);
-    }
-    out.push(`"cache": {\n${lines.join(",\n")}${lines.length ? "\n" : ""}},\n`);
+    out.push(`"cache": {\n`, ...cacheChunks, cacheText, sep ? "\n},\n" : "},\n");
   }
-  out.push(`"digest": "${digest}",\n"entries": {\n`);
-  const lines = paths.map((p) => `${JSON.stringify(p)}: ${entryJson(m.entries.get(p)!)}`);
-  out.push(lines.join(",\n"), lines.length ? "\n" : "");
-  out.push(
-    `},\n"totals": {"bytes":${t.bytes},"dirs":${t.dirs},"files":${t.files},"symlinks":${t.symlinks}},\n`,
-  );
-  out.push(`"version": ${MANIFEST_VERSION}\n}\n`);
-  return out.join("");
+  let text = `"digest": "${digest}",\n"entries": {\n`;
+  for (let i = 0; i < paths.length; i++) {
+    text += `${i ? ",\n" : ""}${keys[i]}: ${entryJson(m.entries.get(paths[i])!)}`;
+    if (text.length > 65536) {
+      out.push(text);
+      text = "";
+    }
+  }
+  text += `${
+    paths.length ? "\n" : ""
+  }},\n"totals": {"bytes":${t.bytes},"dirs":${t.dirs},"files":${t.files},"symlinks":${t.symlinks}},\n"version": ${MANIFEST_VERSION}\n}\n`;
+  out.push(text);
+  return out;
+}
+
+/** The canonical JSON text of a manifest (see {@linkcode serializeManifestChunks}). */
+export function serializeManifest(m: Manifest, withCache: boolean): string {
+  return serializeManifestChunks(m, withCache).join("");
 }
 
 const HEX64 = /^[0-9a-f]{64}$/;
@@ -277,13 +329,16 @@ export function readManifest(path: string, checkDigest = false): Manifest {
  * Write text to `path` atomically: a temporary file in the same folder, flushed to disk,
  * then renamed over `path`. A crash leaves either the old file or the new one.
  */
-export function writeFileAtomicSync(path: string, text: string): void {
+export function writeFileAtomicSync(path: string, text: string | string[]): void {
   const tmp = `${path}.tmp-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
   const f = Deno.openSync(tmp, { write: true, createNew: true, mode: 0o644 });
   try {
-    const data = new TextEncoder().encode(text);
-    let off = 0;
-    while (off < data.length) off += f.writeSync(data.subarray(off));
+    const enc = new TextEncoder();
+    for (const chunk of typeof text === "string" ? [text] : text) {
+      const data = enc.encode(chunk);
+      let off = 0;
+      while (off < data.length) off += f.writeSync(data.subarray(off));
+    }
     f.syncSync();
   } catch (e) {
     f.close();
@@ -305,7 +360,7 @@ export function writeFileAtomicSync(path: string, text: string): void {
 
 /** Write a manifest atomically; returns its digest. */
 export function writeManifest(path: string, m: Manifest, withCache = true): string {
-  writeFileAtomicSync(path, serializeManifest(m, withCache));
+  writeFileAtomicSync(path, serializeManifestChunks(m, withCache));
   return m.digest!;
 }
 
