@@ -11,6 +11,7 @@
 import { errorCode, errorMessage } from "./errors.ts";
 import { type LogEvent, logEvent } from "./log.ts";
 import { applyOp, countOps, type Op, type Plan } from "./plan.ts";
+import { nodeFromStat } from "./scan.ts";
 import { type PendingWrite, type Target, yieldToEventLoop } from "./target_fs.ts";
 import type { FileNode, Tree } from "./types.ts";
 
@@ -58,16 +59,6 @@ function sameStat(n: FileNode, st: Deno.FileInfo): boolean {
     (!n.fp || ((st.ino ?? 0) === n.fp[0] && (st.ctime?.getTime() ?? 0) === n.fp[1]));
 }
 
-function nodeOfStat(st: Deno.FileInfo): FileNode {
-  return {
-    type: "file",
-    size: st.size,
-    mtime: Math.trunc(st.mtime?.getTime() ?? 0),
-    mode: (st.mode ?? 0o644) & 0o7777,
-    fp: [st.ino ?? 0, st.ctime?.getTime() ?? 0],
-  };
-}
-
 /**
  * Copy one source file into the replica, hashing while copying. The source is re-stat'ed
  * after the copy; if it changed meanwhile, the copy is discarded and tried again.
@@ -111,7 +102,7 @@ async function copyFile(
         { code: "CHANGING" },
       );
     }
-    expect = nodeOfStat(after);
+    expect = nodeFromStat(after, srcAbs) as FileNode;
   }
 }
 

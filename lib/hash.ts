@@ -14,9 +14,6 @@ export function newHasher(): Hash {
   return createHash("sha256");
 }
 
-/** The SHA-256 of an empty input. */
-export const EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
-
 /** Result of hashing one file. */
 export interface HashResult {
   sha256: string;
@@ -49,25 +46,27 @@ export function hashFileSync(path: string): HashResult {
 }
 
 /**
- * Copy `from` into the already-open `to`, hashing every byte on the way (one read of the
- * source). Checks `signal` between chunks and throws its reason when aborted.
+ * Copy up to `limit` bytes from `from` into `to`, feeding every byte to `hasher` (one read
+ * of the source). Returns the bytes copied: fewer than `limit` means the end of the file.
+ * Checks `signal` between chunks and throws its reason when aborted.
  */
 export function copyAndHashSync(
   from: Deno.FsFile,
   to: Deno.FsFile,
+  hasher: Hash,
+  limit: number,
   signal?: AbortSignal,
-): HashResult {
-  const h = createHash("sha256");
+): number {
   let size = 0;
-  for (;;) {
+  while (size < limit) {
     signal?.throwIfAborted();
-    const n = from.readSync(buffer);
+    const n = from.readSync(size + CHUNK <= limit ? buffer : buffer.subarray(0, limit - size));
     if (n === null || n === 0) break;
     const chunk = n === CHUNK ? buffer : buffer.subarray(0, n);
-    h.update(chunk);
+    hasher.update(chunk);
     let off = 0;
     while (off < n) off += to.writeSync(chunk.subarray(off));
     size += n;
   }
-  return { sha256: h.digest("hex"), size };
+  return size;
 }

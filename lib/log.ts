@@ -30,17 +30,9 @@ export interface LogEvent {
 }
 
 let logger = getLogger(["mimeo"]);
-let context: Record<string, unknown> = {};
-
 /** Add fields (e.g. the run number) to every following event. */
 export function setLogContext(fields: Record<string, unknown>): void {
-  context = fields;
   logger = getLogger(["mimeo"]).with(fields);
-}
-
-/** The fields currently added to every event. */
-export function logContext(): Record<string, unknown> {
-  return context;
 }
 
 /** Log one event at a level. */

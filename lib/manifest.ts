@@ -16,7 +16,7 @@
  * @module
  */
 import { createHash } from "node:crypto";
-import type { FileNode, Fingerprint, Node, Tree } from "./types.ts";
+import type { Fingerprint, Node, Tree } from "./types.ts";
 
 /** Current manifest format version. */
 export const MANIFEST_VERSION = 1;
@@ -362,14 +362,4 @@ export function writeFileAtomicSync(path: string, text: string | string[]): void
 export function writeManifest(path: string, m: Manifest, withCache = true): string {
   writeFileAtomicSync(path, serializeManifestChunks(m, withCache));
   return m.digest!;
-}
-
-/** A manifest holding only content entries (no cache), e.g. for `manifest DIR`. */
-export function manifestOf(entries: Tree): Manifest {
-  return { entries, cache: new Map() };
-}
-
-/** Whether two file nodes describe the same content and metadata. */
-export function sameFile(a: FileNode, b: FileNode): boolean {
-  return a.sha256 === b.sha256 && a.size === b.size && a.mode === b.mode && a.mtime === b.mtime;
 }

@@ -57,7 +57,8 @@ export interface ScanResult {
   issues: ScanIssue[];
 }
 
-function nodeFromStat(st: Deno.FileInfo, abs: string): Node | "special" {
+/** The node for a stat result (`abs` is read only for symlinks), or `"special"`. */
+export function nodeFromStat(st: Deno.FileInfo, abs: string): Node | "special" {
   if (st.isFile) {
     return {
       type: "file",

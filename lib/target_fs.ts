@@ -30,8 +30,6 @@ export interface PendingWrite extends HashResult {
 export interface FileMeta {
   mode: number;
   mtime: number;
-  /** Expected size (large files are copied in slices that let signals through). */
-  size: number;
 }
 
 /** What `apply` needs from a replica; a remote replica would implement the same. */
@@ -176,7 +174,7 @@ export class FsTarget implements Target {
     let result: HashResult;
     let st: Deno.FileInfo;
     try {
-      result = await copyChunked(from, out, meta.size, signal);
+      result = await copyChunked(from, out, signal);
       out.utimeSync(new Date(), new Date(meta.mtime));
       out.close();
       st = Deno.lstatSync(tmp);
@@ -274,35 +272,25 @@ export class FsTarget implements Target {
   }
 }
 
-/** Copy with hashing; large files yield to the event loop every 64 MiB. */
+/** Copy with hashing, in slices of 64 MiB with a turn of the event loop between them. */
 async function copyChunked(
   from: Deno.FsFile,
   to: Deno.FsFile,
-  expectedSize: number,
   signal?: AbortSignal,
 ): Promise<HashResult> {
-  if (expectedSize <= 64 * CHUNK) return copyAndHashSync(from, to, signal);
   const h = newHasher();
-  const buf = new Uint8Array(CHUNK);
   let size = 0;
-  let sinceYield = 0;
   for (;;) {
-    signal?.throwIfAborted();
-    const n = from.readSync(buf);
-    if (n === null || n === 0) break;
-    const chunk = n === CHUNK ? buf : buf.subarray(0, n);
-    h.update(chunk);
-    let off = 0;
-    while (off < n) off += to.writeSync(chunk.subarray(off));
+    const n = copyAndHashSync(from, to, h, SLICE, signal);
     size += n;
-    sinceYield += n;
-    if (sinceYield >= 64 * CHUNK) {
-      sinceYield = 0;
-      await yieldToEventLoop();
-    }
+    if (n < SLICE) break;
+    await yieldToEventLoop();
   }
   return { sha256: h.digest("hex"), size };
 }
+
+/** Bytes copied between two turns of the event loop (signals, timers, progress). */
+const SLICE = 64 * CHUNK;
 
 function removeQuietly(abs: string): void {
   try {

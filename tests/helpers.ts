@@ -57,29 +57,8 @@ export interface CliOptions {
   env?: Record<string, string>;
 }
 
-/** Run `deno run <permissions> main.ts ...args` and wait for it. */
-export async function mimeo(args: string[], o: CliOptions = {}): Promise<CliResult> {
-  const cmd = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--quiet",
-      ...(o.permissions ?? ["--allow-read", "--allow-write"]),
-      MAIN,
-      ...args,
-    ],
-    cwd: o.cwd,
-    env: { NO_COLOR: "1", ...o.env },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  });
-  const r = await cmd.output();
-  const dec = new TextDecoder();
-  return { code: r.code, stdout: dec.decode(r.stdout), stderr: dec.decode(r.stderr) };
-}
-
-/** Start the CLI without waiting (for signals, watch mode, kills). */
-export function spawnMimeo(args: string[], o: CliOptions = {}): Deno.ChildProcess {
+/** The `deno run` command that runs the CLI as a user would. */
+function cli(args: string[], o: CliOptions): Deno.Command {
   return new Deno.Command(Deno.execPath(), {
     args: [
       "run",
@@ -93,7 +72,19 @@ export function spawnMimeo(args: string[], o: CliOptions = {}): Deno.ChildProces
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
-  }).spawn();
+  });
+}
+
+/** Run `deno run <permissions> main.ts ...args` and wait for it. */
+export async function mimeo(args: string[], o: CliOptions = {}): Promise<CliResult> {
+  const r = await cli(args, o).output();
+  const dec = new TextDecoder();
+  return { code: r.code, stdout: dec.decode(r.stdout), stderr: dec.decode(r.stderr) };
+}
+
+/** Start the CLI without waiting (for signals, watch mode, kills). */
+export function spawnMimeo(args: string[], o: CliOptions = {}): Deno.ChildProcess {
+  return cli(args, o).spawn();
 }
 
 /** Collect a child's output and exit code. */
