@@ -102,6 +102,7 @@ Options:
 ${MIRROR_OPTIONS}  -n, --dry-run          print the plan; change nothing
   --interval DURATION    run again every DURATION (30s, 5m, 1h, 500ms; a bare number is
                          seconds) until stopped; in --watch mode, the safety rescan interval
+                         (default there: 100 x the last full run, between 30s and 10m)
   --count N              stop after N runs (with --interval or --watch)
   --watch                sync, then mirror changes as they happen until stopped
   --debounce DURATION    watch mode: quiet period before a batch is synced (default 200ms)

@@ -5,9 +5,9 @@
  * the source has been quiet for the debounce period (or events have kept coming for
  * {@linkcode MAX_BATCH_DELAY_MS}), the changed subtrees are re-scanned and the same planner
  * as a full sync runs over them. A full rescan happens instead when the watcher overflows
- * (Deno's `rescan` flag), fails or restarts, after a run that did not fully succeed, when a
- * batch is very large, and every safety interval, so a dropped event is repaired within one
- * interval. Runs never overlap; events that arrive during a run make the next batch.
+ * (Deno's `rescan` flag, where it is reported), fails or restarts, after a run that did not
+ * fully succeed, when a batch is very large, and every safety interval, so a dropped event is
+ * repaired within one interval. Runs never overlap; events that arrive during a run make the next batch.
  *
  * @module
  */
@@ -15,8 +15,16 @@ import { relative } from "node:path";
 import { errorMessage } from "./errors.ts";
 import { logEvent, setLogContext } from "./log.ts";
 
-/** Default safety rescan interval in watch mode when `--interval` is not given. */
-export const DEFAULT_SAFETY_INTERVAL_MS = 10 * 60_000;
+/**
+ * Without `--interval`, the safety rescan runs every `SAFETY_FACTOR` times the duration of
+ * the last full run, kept between these bounds: full rescans then cost about 1% of the
+ * time. Deno 2.9 drops events silently when the inotify queue overflows (no `rescan` flag
+ * seen here), so this rescan is what repairs a burst that overflowed.
+ */
+export const SAFETY_INTERVAL_MIN_MS = 30_000;
+/** Upper bound of the adaptive safety interval. */
+export const SAFETY_INTERVAL_MAX_MS = 10 * 60_000;
+const SAFETY_FACTOR = 100;
 /** Longest a batch waits for quiet while events keep arriving. */
 export const MAX_BATCH_DELAY_MS = 2_000;
 /** A batch with more changed paths than this becomes a full rescan. */
@@ -28,7 +36,10 @@ export interface WatchOptions {
   source: string;
   /** Quiet period before a batch runs. */
   debounceMs: number;
-  /** Full rescan every this often. @default DEFAULT_SAFETY_INTERVAL_MS */
+  /**
+   * Full rescan every this often.
+   * @default adaptive: 100 × the last full run, between 30 s and 10 min
+   */
   safetyIntervalMs?: number;
   /** Stop after this many runs (the initial sync counts). @default unlimited */
   count?: number;
@@ -45,9 +56,17 @@ export type RunFn = (run: number, extra?: { only?: string[] }) => Promise<number
  */
 export async function runWatch(once: RunFn, o: WatchOptions): Promise<number> {
   const root = Deno.realPathSync(o.source);
-  const safetyMs = o.safetyIntervalMs ?? DEFAULT_SAFETY_INTERVAL_MS;
+  let safetyMs = o.safetyIntervalMs ?? SAFETY_INTERVAL_MIN_MS;
+  const adapt = (fullRunMs: number) => {
+    if (o.safetyIntervalMs !== undefined) return;
+    safetyMs = Math.min(
+      SAFETY_INTERVAL_MAX_MS,
+      Math.max(SAFETY_INTERVAL_MIN_MS, fullRunMs * SAFETY_FACTOR),
+    );
+  };
   const pending = new Set<string>();
-  let full = false;
+  /** Why the next batch must be a full rescan (undefined: it need not). */
+  let full: string | undefined;
   let lastEventAt = 0;
   let firstPendingAt = 0;
   let wake: (() => void) | undefined;
@@ -78,10 +97,10 @@ export async function runWatch(once: RunFn, o: WatchOptions): Promise<number> {
         for await (const ev of w) {
           if (ev.kind === "access") continue;
           const now = performance.now();
-          if (ev.flag === "rescan") full = true;
+          if (ev.flag === "rescan") full = "overflow";
           for (const abs of ev.paths) {
             const rel = relative(root, abs);
-            if (rel === "" || rel.startsWith("..")) full = true;
+            if (rel === "" || rel.startsWith("..")) full ??= "root changed";
             else pending.add(rel);
           }
           lastEventAt = now;
@@ -101,7 +120,7 @@ export async function runWatch(once: RunFn, o: WatchOptions): Promise<number> {
       // The watcher ended without being asked to: restart it and rescan everything.
       await new Promise((r) => setTimeout(r, 500));
       if (o.signal.aborted) return;
-      full = true;
+      full = "watcher restarted";
       startWatcher();
       notify();
     })();
@@ -123,13 +142,15 @@ export async function runWatch(once: RunFn, o: WatchOptions): Promise<number> {
   // Watch before the first sync, so changes made during it are not missed.
   startWatcher();
   let run = 0;
+  const t0 = performance.now();
   let last = await once(++run);
+  adapt(performance.now() - t0);
   let nextSafety = performance.now() + safetyMs;
   try {
     while (!o.signal.aborted && (o.count === undefined || run < o.count)) {
       const now = performance.now();
       if (!full && pending.size === 0) {
-        if (now >= nextSafety) full = true;
+        if (now >= nextSafety) full = "safety interval";
         else {
           await waitFor(nextSafety - now);
           continue;
@@ -146,19 +167,30 @@ export async function runWatch(once: RunFn, o: WatchOptions): Promise<number> {
       const paths = [...pending];
       pending.clear();
       firstPendingAt = 0;
-      const isFull = full || last !== 0 || paths.length > MAX_BATCH_PATHS;
-      full = false;
+      const reason = full ??
+        (last !== 0
+          ? "previous run failed"
+          : paths.length > MAX_BATCH_PATHS
+          ? "large batch"
+          : undefined);
+      const isFull = reason !== undefined;
+      full = undefined;
       setLogContext({ run: run + 1 });
       logEvent("debug", {
         event: "batch",
         paths: paths.length,
         full: isFull,
+        reason,
         message: isFull
-          ? `full rescan${paths.length ? ` (${paths.length} changed paths)` : ""}`
+          ? `full rescan (${reason})${paths.length ? `, ${paths.length} changed paths` : ""}`
           : `re-scanning ${paths.length} changed paths`,
       });
+      const started = performance.now();
       last = await once(++run, isFull ? {} : { only: paths });
-      if (isFull) nextSafety = performance.now() + safetyMs;
+      if (isFull) {
+        adapt(performance.now() - started);
+        nextSafety = performance.now() + safetyMs;
+      }
     }
   } finally {
     o.signal.removeEventListener("abort", onAbort);

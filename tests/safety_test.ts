@@ -345,3 +345,36 @@ Deno.test("sync never writes to the source", async () => {
   assertEquals(snapshot(src), before);
   assertMirror(src, dst);
 });
+
+Deno.test("a source file that keeps changing while it is copied is never recorded half-changed", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  writeTree(src, { "busy.bin": new Uint8Array(48 << 20), "calm.txt": "calm" });
+  // Rewrite 1 MiB slices of busy.bin (same size, new mtime) while mimeo copies it.
+  let writing = true;
+  const writer = (async () => {
+    const f = Deno.openSync(`${src}/busy.bin`, { write: true });
+    const chunk = new Uint8Array(1 << 20);
+    for (let i = 0; writing; i++) {
+      chunk.fill(i & 0xff);
+      f.seekSync((i % 48) << 20, Deno.SeekMode.Start);
+      f.writeSync(chunk);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    f.close();
+  })();
+  const r = await mimeo(["sync", src, dst]);
+  writing = false;
+  await writer;
+  assert(r.code === 0 || r.code === 1, r.stderr);
+  if (r.code === 1) assertMatch(r.stderr, /copy 'busy\.bin': source file kept changing/);
+  assertEquals(Deno.readTextFileSync(`${dst}/calm.txt`), "calm");
+  // Whatever landed, the manifest describes exactly the bytes in the replica.
+  const v = await mimeo(["verify", dst]);
+  assertEquals(v.code, 0, v.stdout);
+  assert(!Object.keys(snapshot(dst)).some((p) => p.includes(".mimeo-tmp-")));
+  // Once quiet, the next run mirrors it.
+  const r2 = await mimeo(["sync", src, dst, "-q"]);
+  assertEquals(r2.code, 0, r2.stderr);
+  assertMirror(src, dst);
+});

@@ -204,3 +204,51 @@ Deno.test("--watch with --count stops by itself after that many runs", async () 
   assertEquals(jsonLines(r.stdout).map((x) => x.run), [1, 2]);
   assert(mirrored(src, dst));
 });
+
+Deno.test("--watch repairs a real inotify overflow by its safety rescan", async () => {
+  // A tiny inotify queue (root only, restored after) makes a burst overflow it for real.
+  // Deno 2.9 drops the overflowing events without a `rescan` flag, so the files it never
+  // reported must come from the safety rescan.
+  // Deno grants /proc/sys only with --allow-all, so the knob is read and set through sh.
+  const knob = "/proc/sys/fs/inotify/max_queued_events";
+  const sh = async (script: string) => {
+    const r = await new Deno.Command("sh", { args: ["-c", script], stdout: "piped" }).output();
+    assert(r.success, `sh -c ${script} failed (this test needs root)`);
+    return new TextDecoder().decode(r.stdout).trim();
+  };
+  const original = await sh(`cat ${knob}`);
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`, log = `${d.path}/log.jsonl`;
+  writeTree(src, { "seed.txt": "s" });
+  await sh(`echo 16 > ${knob}`);
+  let child: Deno.ChildProcess | undefined;
+  try {
+    child = spawnMimeo([
+      "sync",
+      src,
+      dst,
+      "--watch",
+      "--interval",
+      "3s",
+      "--debounce",
+      "300ms",
+      "--log",
+      log,
+      "-q",
+    ]);
+    await untilMirrored(src, dst, "initial sync");
+    await sh(`echo ${original} > ${knob}`); // a watcher's queue size is fixed when it starts
+    for (let i = 0; i < 400; i++) Deno.writeTextFileSync(`${src}/f${i}.txt`, `${i}`);
+    await untilMirrored(src, dst, "burst mirrored after the overflow");
+  } finally {
+    await sh(`echo ${original} > ${knob}`);
+    if (child) assertEquals((await stop(child)).code, 143);
+  }
+  const batches = jsonLines(Deno.readTextFileSync(log)).filter((e) => e.event === "batch");
+  assert(
+    batches.some((b) =>
+      b.full === true && (b.reason === "safety interval" || b.reason === "overflow")
+    ),
+    JSON.stringify(batches),
+  );
+});
