@@ -4,6 +4,8 @@
  * @module
  */
 import { createHash, type Hash } from "node:crypto";
+import { errorCode, errorMessage } from "./errors.ts";
+import type { FileNode, ScanIssue } from "./types.ts";
 
 /** Size of the shared read buffer: 1 MiB. */
 export const CHUNK = 1 << 20;
@@ -69,4 +71,28 @@ export function copyAndHashSync(
     size += n;
   }
   return size;
+}
+
+/**
+ * Hash one file node in place. Returns an issue instead of throwing. If the file changed
+ * size while it was read, the hash is dropped (the content is not what was stat'ed).
+ */
+export function hashNode(abs: string, path: string, n: FileNode): ScanIssue | undefined {
+  try {
+    const at = Date.now();
+    const r = hashFileSync(abs);
+    if (r.size !== n.size) {
+      return {
+        path,
+        level: "error",
+        code: "CHANGED",
+        message: "file changed while it was being read",
+      };
+    }
+    n.sha256 = r.sha256;
+    n.hashedAt = at;
+    return undefined;
+  } catch (e) {
+    return { path, level: "error", code: errorCode(e), message: errorMessage(e) };
+  }
 }

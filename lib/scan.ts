@@ -8,7 +8,6 @@
  * @module
  */
 import { errorCode, errorMessage } from "./errors.ts";
-import { hashFileSync } from "./hash.ts";
 import type { Manifest } from "./manifest.ts";
 import type { FileNode, Node, ScanIssue, Tree } from "./types.ts";
 
@@ -224,28 +223,4 @@ export function reuseReplicaHashes(rep: Tree, old: Manifest | undefined): number
     }
   }
   return reused;
-}
-
-/**
- * Hash one file node in place. Returns an issue instead of throwing. If the file changed
- * size while it was read, the hash is dropped (the content is not what was stat'ed).
- */
-export function hashNode(abs: string, path: string, n: FileNode): ScanIssue | undefined {
-  try {
-    const at = Date.now();
-    const r = hashFileSync(abs);
-    if (r.size !== n.size) {
-      return {
-        path,
-        level: "error",
-        code: "CHANGED",
-        message: "file changed while it was being read",
-      };
-    }
-    n.sha256 = r.sha256;
-    n.hashedAt = at;
-    return undefined;
-  } catch (e) {
-    return { path, level: "error", code: errorCode(e), message: errorMessage(e) };
-  }
 }

@@ -8,7 +8,8 @@ import { UsageError } from "./errors.ts";
 import { buildFilter } from "./filter.ts";
 import { type Manifest, ManifestError, modeString, readManifest } from "./manifest.ts";
 import { checkPermissions, defaultManifestPath, resolvePhysical } from "./paths.ts";
-import { hashNode, scanTree } from "./scan.ts";
+import { hashNode } from "./hash.ts";
+import { scanTree } from "./scan.ts";
 import { yieldToEventLoop } from "./target_fs.ts";
 import type { ScanIssue } from "./types.ts";
 

@@ -969,7 +969,7 @@ Deno.test(`differential: large replica, scanned in a worker (MIMEO_SEED=${SEED})
   const s = makeSandbox(tmp.path);
   const rng = new Rng(SEED ^ 0xb16);
   const fz = new Fuzzer(rng, s.src, s.dst, s.outside);
-  // A larger replica: more than 3,000 entries. (From 8 MiB of manifest mimeo walks the
+  // A larger replica: more than 3,000 entries. (From 1 MiB of manifest mimeo walks the
   // replica in a Worker; tests/sync_test.ts drives that path through the library.)
   for (let d = 0; d < 32; d++) {
     const dir = `${s.src}/bulk/${d % 4}/folder ${d}`;
