@@ -66,7 +66,9 @@ export function decodeTree(e: EncodedTree): Tree {
         size: e.nums[o + 1],
         mtime: e.nums[o + 2],
         mode: e.nums[o + 3],
+        sha256: undefined,
         fp: [e.nums[o + 4], e.nums[o + 5]],
+        hashedAt: undefined,
       };
     } else if (kind === 1) node = { type: "dir", mode: e.nums[o + 3] };
     else node = { type: "symlink", target: e.targets[t++] };

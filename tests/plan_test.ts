@@ -261,10 +261,27 @@ Deno.test("encodeTree()/decodeTree() round-trip every kind of entry", async () =
   const { encodeTree, decodeTree } = await import("../lib/scan_worker.ts");
   const t: Tree = new Map([
     ["a", { type: "dir", mode: 0o750 }],
-    ["a/f", { type: "file", size: 12, mtime: 1700000000123, mode: 0o644, fp: [99, 1700000000000] }],
+    // File nodes as the scanner makes them: every optional field present (one shape).
+    ["a/f", {
+      type: "file",
+      size: 12,
+      mtime: 1700000000123,
+      mode: 0o644,
+      sha256: undefined,
+      fp: [99, 1700000000000],
+      hashedAt: undefined,
+    }],
     ["l", { type: "symlink", target: "a/f" }],
     ["m", { type: "symlink", target: "../x y" }],
-    ["e", { type: "file", size: 0, mtime: 5, mode: 0o600, fp: [1, 2] }],
+    ["e", {
+      type: "file",
+      size: 0,
+      mtime: 5,
+      mode: 0o600,
+      sha256: undefined,
+      fp: [1, 2],
+      hashedAt: undefined,
+    }],
   ]);
   assertEquals(decodeTree(encodeTree(t)), t);
   assertEquals(decodeTree(encodeTree(new Map())), new Map());
