@@ -30,6 +30,7 @@ import {
   type WalkEntry,
   writeBigFile,
 } from "./gen.ts";
+import { MIMEO_FLAGS, MIMEO_MAIN } from "./common.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -40,13 +41,7 @@ const ALL_SCENARIOS = ["1", "2", "3", "4", "5", "6"];
 
 const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
 const REPO_DIR = dirname(BENCH_DIR);
-const MIMEO_MAIN = join(REPO_DIR, "main.ts");
-/** Deno flags exactly as `deno task mimeo` runs mimeo (permissions and V8 tuning). */
-const MIMEO_FLAGS: string[] = (() => {
-  const task: string = JSON.parse(Deno.readTextFileSync(join(REPO_DIR, "deno.json"))).tasks.mimeo;
-  const words = task.split(/\s+/);
-  return words.slice(words.indexOf("run") + 1, words.indexOf("main.ts"));
-})();
+
 const GiB = 1024 * 1024 * 1024;
 
 interface Options {

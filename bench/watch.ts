@@ -11,6 +11,7 @@
  *    watch mode (one edit per cycle).
  */
 import { parseArgs } from "node:util";
+import { MIMEO_FLAGS, MIMEO_MAIN } from "./common.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -21,7 +22,6 @@ const { values } = parseArgs({
 });
 const EDITS = Number(values.edits);
 const CYCLES = Number(values.cycles);
-const MAIN = new URL("../main.ts", import.meta.url).pathname;
 const work = await Deno.makeTempDir({ prefix: "mimeo-bench-watch-" });
 const src = `${work}/src`;
 for (let i = 0; i < 1000; i++) {
@@ -31,7 +31,7 @@ for (let i = 0; i < 1000; i++) {
 
 function spawn(args: string[]): Deno.ChildProcess {
   return new Deno.Command(Deno.execPath(), {
-    args: ["run", "--quiet", "--allow-read", "--allow-write", MAIN, ...args],
+    args: ["run", "--quiet", ...MIMEO_FLAGS, MIMEO_MAIN, ...args],
     stdout: "piped",
     stderr: "null",
     stdin: "null",

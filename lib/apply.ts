@@ -72,14 +72,8 @@ async function copyFile(
   let expect = o.src.get(path) as FileNode;
   for (let attempt = 1;; attempt++) {
     const startedAt = Date.now();
-    const from = Deno.openSync(srcAbs, { read: true });
-    let w: PendingWrite;
+    const w: PendingWrite = await o.target.writeFile(path, srcAbs, expect, o.signal);
     let after: Deno.FileInfo;
-    try {
-      w = await o.target.writeFile(path, from, expect, o.signal);
-    } finally {
-      from.close();
-    }
     // Did the source change while it was copied? (lstat by path: cheaper than fstat in
     // Deno, and a file replaced meanwhile shows as a new inode: copied again.)
     try {

@@ -48,6 +48,36 @@ export function hashFileSync(path: string): HashResult {
 }
 
 /**
+ * Hash a file like {@linkcode hashFileSync}, awaiting `between()` every 64 MiB so signals
+ * and timers get a turn during very large files; throws the signal's reason when aborted.
+ */
+export async function hashFileSliced(
+  path: string,
+  between: () => Promise<void>,
+  signal?: AbortSignal,
+): Promise<HashResult> {
+  const file = Deno.openSync(path, { read: true });
+  try {
+    const h = createHash("sha256");
+    let size = 0;
+    for (let sinceYield = 0;;) {
+      signal?.throwIfAborted();
+      const n = file.readSync(buffer);
+      if (n === null || n === 0) break;
+      h.update(n === CHUNK ? buffer : buffer.subarray(0, n));
+      size += n;
+      if ((sinceYield += n) >= 64 * CHUNK) {
+        sinceYield = 0;
+        await between();
+      }
+    }
+    return { sha256: h.digest("hex"), size };
+  } finally {
+    file.close();
+  }
+}
+
+/**
  * Copy up to `limit` bytes from `from` into `to`, feeding every byte to `hasher` (one read
  * of the source). Returns the bytes copied: fewer than `limit` means the end of the file.
  * Checks `signal` between chunks and throws its reason when aborted.

@@ -230,18 +230,23 @@ export function plan(src: Tree, rep: Tree, options: PlanOptions = {}): Plan {
     return !(s?.type === "file" && s.sha256 === v.sha256);
   };
 
+  /** Replica files whose content could move elsewhere, by hash (V as it is now). */
+  const renameSources = (): Map<string, string[]> => {
+    const index = new Map<string, string[]>();
+    for (const [q, v] of V) {
+      if (!isRenameSource(q, v)) continue;
+      const list = index.get(v.sha256);
+      if (list) list.push(q);
+      else index.set(v.sha256, [q]);
+    }
+    return index;
+  };
+
   if (options.renames ?? true) {
     // 1. Folder renames, found by votes: a new source file whose content sits in the
     // replica under a vanishing path with the same tail votes for (old folder → new folder),
     // weighted by bytes.
-    const removed = new Map<string, string[]>();
-    for (const [q, v] of V) {
-      if (isRenameSource(q, v)) {
-        const list = removed.get(v.sha256);
-        if (list) list.push(q);
-        else removed.set(v.sha256, [q]);
-      }
-    }
+    const removed = renameSources();
     if (removed.size > 0) {
       const votes = new Map<string, { from: string; to: string; weight: number }>();
       for (const p of srcPaths) {
@@ -283,14 +288,7 @@ export function plan(src: Tree, rep: Tree, options: PlanOptions = {}): Plan {
     }
 
     // 2. File renames: content in the replica under a path that no longer needs it.
-    const byHash = new Map<string, string[]>();
-    for (const [q, v] of V) {
-      if (isRenameSource(q, v)) {
-        const list = byHash.get(v.sha256);
-        if (list) list.push(q);
-        else byHash.set(v.sha256, [q]);
-      }
-    }
+    const byHash = renameSources();
     if (byHash.size > 0) {
       for (const p of srcPaths) {
         const s = src.get(p)!;

@@ -350,15 +350,16 @@ export function manifestsEqual(a: Manifest, b: Manifest): boolean {
 function summaryText(r: SyncReport): string {
   const d = r.done;
   const parts: string[] = [];
-  const add = (n: number, word: string) => n && parts.push(`${n} ${word}`);
+  const add = (n: number, one: string, many = one) =>
+    n && parts.push(`${n} ${n === 1 ? one : many}`);
   add(d.copy, "copied");
   add(d.update, "updated");
   add(d.rename, "renamed");
-  add(d.meta, "metadata");
-  add(d.symlink, "symlinks");
-  add(d.mkdir, "folders created");
+  add(d.meta, "metadata-only");
+  add(d.symlink, "symlink", "symlinks");
+  add(d.mkdir, "folder created", "folders created");
   add(d.delete, "deleted");
-  add(d.rmdir, "folders removed");
+  add(d.rmdir, "folder removed", "folders removed");
   const secs = (r.durationMs / 1000).toFixed(2);
   const head = r.stopped ? "stopped" : r.failures.length ? "finished with errors" : "synced";
   const what = parts.length ? parts.join(", ") : "nothing to do";

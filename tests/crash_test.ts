@@ -13,6 +13,7 @@ import {
   type CliResult,
   finish,
   mimeo,
+  Rng,
   type SnapEntry,
   snapshot,
   spawnMimeo,
@@ -32,47 +33,6 @@ const SEED = envInt("MIMEO_SEED", 1);
 const KILLS = envInt("MIMEO_KILLS", 4);
 const YEAR = 365 * 24 * 3600 * 1000;
 const MB = 1 << 20;
-
-/** mulberry32. */
-class Rng {
-  #s: number;
-  constructor(seed: number) {
-    this.#s = seed >>> 0;
-  }
-  u32(): number {
-    this.#s = (this.#s + 0x6d2b79f5) >>> 0;
-    let t = this.#s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  }
-  next(): number {
-    return this.u32() / 4294967296;
-  }
-  int(lo: number, hi: number): number {
-    return lo + Math.floor(this.next() * (hi - lo + 1));
-  }
-  chance(p: number): boolean {
-    return this.next() < p;
-  }
-  pick<T>(items: readonly T[]): T {
-    return items[Math.floor(this.next() * items.length)];
-  }
-  shuffle<T>(items: T[]): T[] {
-    for (let i = items.length - 1; i > 0; i--) {
-      const j = Math.floor(this.next() * (i + 1));
-      [items[i], items[j]] = [items[j], items[i]];
-    }
-    return items;
-  }
-  bytes(n: number): Uint8Array {
-    const out = new Uint8Array(n);
-    const words = new Uint32Array(out.buffer, 0, n >>> 2);
-    for (let i = 0; i < words.length; i++) words[i] = this.u32();
-    for (let i = words.length * 4; i < n; i++) out[i] = this.u32() & 0xff;
-    return out;
-  }
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const q = (s: string) => JSON.stringify(s);

@@ -16,6 +16,7 @@ import {
   assertEquals,
   type CliResult,
   mimeo,
+  Rng,
   type SnapEntry,
   snapshot,
   tempDir,
@@ -36,50 +37,6 @@ const ROUNDS = envInt("MIMEO_ROUNDS", 80);
 const VERIFY_EVERY = 3;
 /** Tamper with the replica before every this many rounds. */
 const TAMPER_EVERY = 3;
-
-/** mulberry32: small, fast, seedable. */
-class Rng {
-  #s: number;
-  constructor(seed: number) {
-    this.#s = seed >>> 0;
-  }
-  u32(): number {
-    this.#s = (this.#s + 0x6d2b79f5) >>> 0;
-    let t = this.#s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  }
-  next(): number {
-    return this.u32() / 4294967296;
-  }
-  /** Integer in [lo, hi]. */
-  int(lo: number, hi: number): number {
-    return lo + Math.floor(this.next() * (hi - lo + 1));
-  }
-  chance(p: number): boolean {
-    return this.next() < p;
-  }
-  pick<T>(items: readonly T[]): T {
-    if (items.length === 0) throw new Error("pick from an empty list");
-    return items[Math.floor(this.next() * items.length)];
-  }
-  weighted<T>(table: readonly (readonly [number, T])[]): T {
-    const total = table.reduce((s, [w]) => s + w, 0);
-    let r = this.next() * total;
-    for (const [w, v] of table) {
-      if ((r -= w) < 0) return v;
-    }
-    return table[table.length - 1][1];
-  }
-  bytes(n: number): Uint8Array {
-    const out = new Uint8Array(n);
-    const words = new Uint32Array(out.buffer, 0, n >>> 2);
-    for (let i = 0; i < words.length; i++) words[i] = this.u32();
-    for (let i = words.length * 4; i < n; i++) out[i] = this.u32() & 0xff;
-    return out;
-  }
-}
 
 const YEAR = 365 * 24 * 3600 * 1000;
 const MAX_REL_BYTES = 2800;

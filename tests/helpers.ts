@@ -182,3 +182,55 @@ export async function waitFor(
   }
   throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
 }
+
+/** A seeded PRNG (mulberry32): small, fast, replayable from `MIMEO_SEED`. */
+export class Rng {
+  #s: number;
+  constructor(seed: number) {
+    this.#s = seed >>> 0;
+  }
+  u32(): number {
+    this.#s = (this.#s + 0x6d2b79f5) >>> 0;
+    let t = this.#s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return (t ^ (t >>> 14)) >>> 0;
+  }
+  next(): number {
+    return this.u32() / 4294967296;
+  }
+  /** Integer in [lo, hi]. */
+  int(lo: number, hi: number): number {
+    return lo + Math.floor(this.next() * (hi - lo + 1));
+  }
+  chance(p: number): boolean {
+    return this.next() < p;
+  }
+  pick<T>(items: readonly T[]): T {
+    if (items.length === 0) throw new Error("pick from an empty list");
+    return items[Math.floor(this.next() * items.length)];
+  }
+  weighted<T>(table: readonly (readonly [number, T])[]): T {
+    const total = table.reduce((s, [w]) => s + w, 0);
+    let r = this.next() * total;
+    for (const [w, v] of table) {
+      if ((r -= w) < 0) return v;
+    }
+    return table[table.length - 1][1];
+  }
+  bytes(n: number): Uint8Array {
+    const out = new Uint8Array(n);
+    const words = new Uint32Array(out.buffer, 0, n >>> 2);
+    for (let i = 0; i < words.length; i++) words[i] = this.u32();
+    for (let i = words.length * 4; i < n; i++) out[i] = this.u32() & 0xff;
+    return out;
+  }
+
+  shuffle<T>(items: T[]): T[] {
+    for (let i = items.length - 1; i > 0; i--) {
+      const j = Math.floor(this.next() * (i + 1));
+      [items[i], items[j]] = [items[j], items[i]];
+    }
+    return items;
+  }
+}
