@@ -117,6 +117,36 @@ export class FsTarget implements Target {
     this.#safeDirs.add(dir);
   }
 
+  /**
+   * Run `fn`; if the OS says permission denied and one of `dirs` is a folder its owner
+   * cannot write into (say a mirrored 0555 folder, as in a module cache), add the owner's
+   * rwx, remember the mode to put back in {@linkcode finish}, and try once more. (Root is
+   * never denied, so this is for runs as an ordinary user.)
+   */
+  #unlocked<T>(dirs: string[], fn: () => T): T {
+    try {
+      return fn();
+    } catch (e) {
+      if (!(e instanceof Deno.errors.PermissionDenied)) throw e;
+      let changed = false;
+      for (const d of new Set(dirs)) {
+        let st: Deno.FileInfo;
+        try {
+          st = Deno.lstatSync(this.#abs(d));
+        } catch {
+          continue;
+        }
+        const mode = (st.mode ?? 0) & 0o7777;
+        if (!st.isDirectory || (mode & 0o700) === 0o700) continue;
+        Deno.chmodSync(this.#abs(d), mode | 0o700);
+        if (!this.#deferredModes.has(d)) this.#deferredModes.set(d, mode);
+        changed = true;
+      }
+      if (!changed) throw e;
+      return fn();
+    }
+  }
+
   #forget(dir: string): void {
     for (const d of this.#safeDirs) if (d !== "" && isWithin(d, dir)) this.#safeDirs.delete(d);
   }
@@ -131,7 +161,7 @@ export class FsTarget implements Target {
     this.#checkDir(parentOf(path));
     const abs = this.#abs(path);
     try {
-      Deno.mkdirSync(abs, { mode: 0o700 });
+      this.#unlocked([parentOf(path)], () => Deno.mkdirSync(abs, { mode: 0o700 }));
     } catch (e) {
       if (!(e instanceof Deno.errors.AlreadyExists) || !Deno.lstatSync(abs).isDirectory) throw e;
     }
@@ -150,7 +180,11 @@ export class FsTarget implements Target {
   rename(from: string, to: string): void {
     this.#checkDir(parentOf(from));
     this.#checkDir(parentOf(to));
-    Deno.renameSync(this.#abs(from), this.#abs(to));
+    // Moving a folder to another parent also rewrites its "..": it must be writable too.
+    this.#unlocked(
+      [parentOf(from), parentOf(to), from],
+      () => Deno.renameSync(this.#abs(from), this.#abs(to)),
+    );
     this.#forget(from);
     const moved = [...this.#deferredModes].filter(([d]) => isWithin(d, from));
     for (const [d, m] of moved) {
@@ -172,7 +206,10 @@ export class FsTarget implements Target {
     // 2.9: `open` and `FsFile.statSync` re-resolve the whole path for the permission check
     // (a readlink per component), while `lstatSync`, `futimens`, reads and writes do not;
     // so the metadata is read back with lstat.
-    const out = Deno.openSync(tmp, { write: true, createNew: true, mode: meta.mode & 0o777 });
+    const out = this.#unlocked(
+      [parentOf(path)],
+      () => Deno.openSync(tmp, { write: true, createNew: true, mode: meta.mode & 0o777 }),
+    );
     let open = true;
     let result: HashResult;
     let st: Deno.FileInfo;
@@ -232,7 +269,7 @@ export class FsTarget implements Target {
   symlink(path: string, target: string): void {
     this.#checkDir(parentOf(path));
     const tmp = this.#abs(this.#tempFor(path));
-    Deno.symlinkSync(target, tmp);
+    this.#unlocked([parentOf(path)], () => Deno.symlinkSync(target, tmp));
     try {
       Deno.renameSync(tmp, this.#abs(path));
     } catch (e) {
@@ -262,7 +299,7 @@ export class FsTarget implements Target {
     const abs = this.#abs(path);
     try {
       if (Deno.lstatSync(abs).isDirectory) throw new Error(`'${path}' is now a folder`);
-      Deno.removeSync(abs);
+      this.#unlocked([parentOf(path)], () => Deno.removeSync(abs));
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
     }
@@ -271,7 +308,7 @@ export class FsTarget implements Target {
   rmdir(path: string): void {
     this.#checkDir(parentOf(path));
     try {
-      Deno.removeSync(this.#abs(path));
+      this.#unlocked([parentOf(path)], () => Deno.removeSync(this.#abs(path)));
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
     }

@@ -12,6 +12,7 @@ import {
   assertNotMatch,
   jsonLines,
   mimeo,
+  ROOT,
   snapshot,
   tempDir,
   writeTree,
@@ -377,4 +378,42 @@ Deno.test("a source file that keeps changing while it is copied is never recorde
   const r2 = await mimeo(["sync", src, dst, "-q"]);
   assertEquals(r2.code, 0, r2.stderr);
   assertMirror(src, dst);
+});
+
+Deno.test("an ordinary user can update read-only replica folders, which keep their mode", async () => {
+  // Root ignores permission bits, so this runs mimeo as `nobody` (this test needs root and
+  // runuser). Deno, its cache and the code are copied where that user can read them.
+  await using d = await tempDir();
+  const sh = async (script: string, user?: string) => {
+    const args = user ? ["-u", user, "--", "sh", "-ec", script] : ["-ec", script];
+    const r = await new Deno.Command(user ? "runuser" : "sh", {
+      args,
+      cwd: d.path,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const out = new TextDecoder().decode(r.stdout) + new TextDecoder().decode(r.stderr);
+    assert(r.success, `${script}\n${out}`);
+    return out;
+  };
+  const denoDir = Deno.env.get("DENO_DIR") ?? `${Deno.env.get("HOME")}/.cache/deno`;
+  await sh(
+    `chmod 755 . && mkdir app w && cp -r '${ROOT}/main.ts' '${ROOT}/deno.json' '${ROOT}/deno.lock' '${ROOT}/lib' app/ ` +
+      `&& cp -r '${denoDir}' denodir && cp "$(readlink -f '${Deno.execPath()}')" deno ` +
+      `&& chown -R nobody:nogroup w denodir`,
+  );
+  const run = `env HOME=${d.path}/w DENO_DIR=${d.path}/denodir NO_COLOR=1 ${d.path}/deno run ` +
+    `--allow-read --allow-write ${d.path}/app/main.ts sync w/src w/dst -q`;
+  await sh(
+    `mkdir -p w/src/ro/sub && echo a > w/src/ro/a && echo s > w/src/ro/sub/s && ` +
+      `chmod 555 w/src/ro/sub w/src/ro && ${run}`,
+    "nobody",
+  );
+  await sh(
+    `chmod 755 w/src/ro w/src/ro/sub && echo b > w/src/ro/b && rm w/src/ro/a && ` +
+      `mkdir w/src/ro/new && echo n > w/src/ro/sub/n && chmod 555 w/src/ro/sub w/src/ro && ${run}`,
+    "nobody",
+  );
+  assertMirror(`${d.path}/w/src`, `${d.path}/w/dst`);
+  assertEquals(Deno.statSync(`${d.path}/w/dst/ro`).mode! & 0o777, 0o555);
 });
