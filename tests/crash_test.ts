@@ -10,7 +10,10 @@
 import {
   assert,
   assertEquals,
-  type CliResult,
+  assertSame,
+  cliText,
+  envInt,
+  exists,
   finish,
   mimeo,
   Rng,
@@ -20,14 +23,6 @@ import {
   tempDir,
   waitFor,
 } from "./helpers.ts";
-
-function envInt(name: string, fallback: number): number {
-  const v = Deno.env.get(name);
-  if (v === undefined || v.trim() === "") return fallback;
-  const n = Number(v);
-  if (!Number.isSafeInteger(n)) throw new Error(`${name} must be an integer, got '${v}'`);
-  return n;
-}
 
 const SEED = envInt("MIMEO_SEED", 1);
 const KILLS = envInt("MIMEO_KILLS", 4);
@@ -191,35 +186,6 @@ function bigChanges(rng: Rng, src: string, round: number): string[] {
   return log;
 }
 
-function show(e: SnapEntry | undefined): string {
-  if (!e) return "absent";
-  if (e.type === "file") return `file ${e.size} B mode ${e.mode} mtime ${e.mtime}`;
-  if (e.type === "dir") return `dir mode ${e.mode}`;
-  if (e.type === "symlink") return `symlink -> ${q(e.target)}`;
-  return "other";
-}
-
-function assertSame(
-  actual: Record<string, SnapEntry>,
-  expected: Record<string, SnapEntry>,
-  what: string,
-): void {
-  const keys = [...new Set([...Object.keys(actual), ...Object.keys(expected)])].sort();
-  const diff = keys.filter((k) => JSON.stringify(actual[k]) !== JSON.stringify(expected[k]))
-    .map((k) => `  ${q(k)}: got ${show(actual[k])}; want ${show(expected[k])}`);
-  assertEquals(
-    actual,
-    expected,
-    `${what} (${diff.length} differences):\n${diff.slice(0, 20).join("\n")}`,
-  );
-}
-
-function cliText(r: CliResult): string {
-  return `exit ${r.code}\n--- stderr ---\n${r.stderr.slice(0, 3000)}\n--- stdout ---\n${
-    r.stdout.slice(0, 1000)
-  }`;
-}
-
 /** What {@linkcode killedSync} saw. */
 interface KillOutcome {
   line: string;
@@ -255,15 +221,6 @@ async function killedSync(s: Sandbox, delayMs: number): Promise<KillOutcome> {
     `manifest ${exists(s.manifest) ? "present" : "absent"}` +
     (manTemps.length ? `; LEFT BESIDE: ${manTemps.map((e) => e.name).join(", ")}` : "");
   return { line, killed: r.code === 137, entries: ents.length, ms };
-}
-
-function exists(abs: string): boolean {
-  try {
-    Deno.lstatSync(abs);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** One complete sync after a crash, with every check. */

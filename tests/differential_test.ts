@@ -14,22 +14,16 @@
 import {
   assert,
   assertEquals,
-  type CliResult,
+  assertSame,
+  cliText,
+  envInt,
+  exists,
   mimeo,
   Rng,
-  type SnapEntry,
   snapshot,
   tempDir,
   writeTree,
 } from "./helpers.ts";
-
-function envInt(name: string, fallback: number): number {
-  const v = Deno.env.get(name);
-  if (v === undefined || v.trim() === "") return fallback;
-  const n = Number(v);
-  if (!Number.isSafeInteger(n)) throw new Error(`${name} must be an integer, got '${v}'`);
-  return n;
-}
 
 const SEED = envInt("MIMEO_SEED", 1);
 const ROUNDS = envInt("MIMEO_ROUNDS", 80);
@@ -68,15 +62,6 @@ function listTree(root: string): Ent[] {
   };
   walk("", 1);
   return out;
-}
-
-function exists(abs: string): boolean {
-  try {
-    Deno.lstatSync(abs);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Random changes to a tree, logged as text so a failing round can be read back. */
@@ -662,54 +647,6 @@ class Fuzzer {
 }
 
 // ---- checks ----------------------------------------------------------------------------
-
-function show(e: SnapEntry | undefined): string {
-  if (!e) return "absent";
-  if (e.type === "file") {
-    return `file ${e.size} B mode ${e.mode} mtime ${e.mtime} ${e.sha256.slice(0, 8)}`;
-  }
-  if (e.type === "dir") return `dir mode ${e.mode}`;
-  if (e.type === "symlink") return `symlink -> ${q(e.target)}`;
-  return "other";
-}
-
-function snapDiff(
-  actual: Record<string, SnapEntry>,
-  expected: Record<string, SnapEntry>,
-  labels: [string, string],
-): string[] {
-  const keys = [...new Set([...Object.keys(actual), ...Object.keys(expected)])].sort();
-  const out: string[] = [];
-  for (const k of keys) {
-    if (JSON.stringify(actual[k]) !== JSON.stringify(expected[k])) {
-      out.push(`  ${q(k)}: ${labels[0]} ${show(actual[k])}; ${labels[1]} ${show(expected[k])}`);
-    }
-  }
-  return out;
-}
-
-/** assertMirror, with a short readable diff in the message. */
-function assertSame(
-  actual: Record<string, SnapEntry>,
-  expected: Record<string, SnapEntry>,
-  what: string,
-  labels: [string, string],
-): void {
-  const diff = snapDiff(actual, expected, labels);
-  assertEquals(
-    actual,
-    expected,
-    `${what}:\n${diff.slice(0, 25).join("\n")}${
-      diff.length > 25 ? `\n  … ${diff.length - 25} more` : ""
-    }`,
-  );
-}
-
-function cliText(r: CliResult): string {
-  return `exit ${r.code}\n--- stderr ---\n${r.stderr.slice(0, 4000)}\n--- stdout ---\n${
-    r.stdout.slice(0, 2000)
-  }`;
-}
 
 interface Sandbox {
   base: string;

@@ -234,3 +234,73 @@ export class Rng {
     return items;
   }
 }
+
+/** An integer from the environment (test knobs such as `MIMEO_SEED`), or `fallback`. */
+export function envInt(name: string, fallback: number): number {
+  const v = Deno.env.get(name);
+  if (v === undefined || v.trim() === "") return fallback;
+  const n = Number(v);
+  if (!Number.isSafeInteger(n)) throw new Error(`${name} must be an integer, got '${v}'`);
+  return n;
+}
+
+// ---- shared by the adversarial tests (crash, differential) ----
+
+const q = (s: string) => JSON.stringify(s);
+
+export function show(e: SnapEntry | undefined): string {
+  if (!e) return "absent";
+  if (e.type === "file") {
+    return `file ${e.size} B mode ${e.mode} mtime ${e.mtime} ${e.sha256.slice(0, 8)}`;
+  }
+  if (e.type === "dir") return `dir mode ${e.mode}`;
+  if (e.type === "symlink") return `symlink -> ${q(e.target)}`;
+  return "other";
+}
+
+export function snapDiff(
+  actual: Record<string, SnapEntry>,
+  expected: Record<string, SnapEntry>,
+  labels: [string, string],
+): string[] {
+  const keys = [...new Set([...Object.keys(actual), ...Object.keys(expected)])].sort();
+  const out: string[] = [];
+  for (const k of keys) {
+    if (JSON.stringify(actual[k]) !== JSON.stringify(expected[k])) {
+      out.push(`  ${q(k)}: ${labels[0]} ${show(actual[k])}; ${labels[1]} ${show(expected[k])}`);
+    }
+  }
+  return out;
+}
+
+/** assertMirror, with a short readable diff in the message. */
+export function assertSame(
+  actual: Record<string, SnapEntry>,
+  expected: Record<string, SnapEntry>,
+  what: string,
+  labels: [string, string] = ["got", "want"],
+): void {
+  const diff = snapDiff(actual, expected, labels);
+  assertEquals(
+    actual,
+    expected,
+    `${what}:\n${diff.slice(0, 25).join("\n")}${
+      diff.length > 25 ? `\n  … ${diff.length - 25} more` : ""
+    }`,
+  );
+}
+
+export function cliText(r: CliResult): string {
+  return `exit ${r.code}\n--- stderr ---\n${r.stderr.slice(0, 4000)}\n--- stdout ---\n${
+    r.stdout.slice(0, 2000)
+  }`;
+}
+
+export function exists(abs: string): boolean {
+  try {
+    Deno.lstatSync(abs);
+    return true;
+  } catch {
+    return false;
+  }
+}
