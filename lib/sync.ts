@@ -229,7 +229,7 @@ async function resolveHashes(
     const rn = { ...v };
     replica++;
     if (!hashNode(`${repRoot}/${q}`, q, rn)) rep.set(q, rn);
-    if (performance.now() - last > 50) { // only files hashed get here: cheap enough
+    if (performance.now() - last > 50) {
       signal?.throwIfAborted();
       await yieldToEventLoop();
       last = performance.now();
@@ -244,13 +244,13 @@ async function resolveHashes(
       source++;
       if (issue) {
         issues.push(issue);
-        delete s.sha256;
+        s.sha256 = undefined; // (not `delete`: keeps the one node shape)
       }
     }
     if (sameSize && (checksum || !(r as FileNode).sha256) && s.sha256) {
       const rn = { ...(r as FileNode) };
       replica++;
-      if (hashNode(`${repRoot}/${p}`, p, rn)) delete rn.sha256;
+      if (hashNode(`${repRoot}/${p}`, p, rn)) rn.sha256 = undefined;
       rep.set(p, rn);
     }
     if ((++tick & 63) === 0 && performance.now() - last > 50) {
@@ -451,16 +451,18 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   mark("scan");
   const src = roots ? mergePartial(old!, srcScan.tree, roots, "src") : srcScan.tree;
   const rep = roots ? mergePartial(old!, repScan.tree, roots, "dst") : repScan.tree;
+  // Source problems decide whether anything may be deleted; replica ones are only reported.
+  // Kept apart by structure, never by looking at a path.
   const issues = [...srcScan.issues];
-  for (const i of repScan.issues) {
-    if (i.level === "error") issues.push({ ...i, path: `(replica) ${i.path}` });
-  }
-  if (!options.checksum) reuseSourceHashes(src, old, now);
+  const replicaIssues = repScan.issues.filter((i) => i.level === "error");
   // --checksum trusts no recorded hash on either side: what the plan uses gets re-read.
-  if (!options.checksum) reuseReplicaHashes(rep, old);
+  if (!options.checksum) {
+    reuseSourceHashes(src, old, now);
+    reuseReplicaHashes(rep, old);
+  }
   mark("cache");
-  const unchanged = !options.checksum && !issues.some((i) => i.level === "error") &&
-    isUnchanged(src, rep, old);
+  const unchanged = !options.checksum && replicaIssues.length === 0 &&
+    !issues.some((i) => i.level === "error") && isUnchanged(src, rep, old);
   progress?.({ phase: "hash", opsDone: 0, opsTotal: 0, bytesDone: 0, bytesTotal: 0 });
   const hashed = unchanged ? { source: 0, replica: 0 } : await resolveHashes(
     source,
@@ -472,16 +474,18 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     options.signal,
   );
   mark("hash");
-  for (const i of issues) {
-    logEvent(i.level, {
-      event: i.level === "error" ? "scan-error" : "skip",
-      path: i.path,
-      code: i.code,
-      message: `${i.path}: ${i.message}`,
-    });
+  for (const [side, list] of [["source", issues], ["replica", replicaIssues]] as const) {
+    for (const i of list) {
+      logEvent(i.level, {
+        event: i.level === "error" ? "scan-error" : "skip",
+        side,
+        path: i.path,
+        code: i.code,
+        message: `${side === "replica" ? "(replica) " : ""}${i.path}: ${i.message}`,
+      });
+    }
   }
-  const sourceErrors = srcScan.issues.some((i) => i.level === "error") ||
-    issues.some((i) => i.level === "error" && !i.path.startsWith("(replica)"));
+  const sourceErrors = issues.some((i) => i.level === "error");
 
   // Safety: an empty source must not silently wipe a mirror.
   const repCount = [...rep.keys()].filter((p) => !isTempPath(p)).length;
@@ -529,7 +533,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     ops: p.ops,
     done: countOps([]),
     failures: [],
-    scanIssues: issues,
+    scanIssues: [...issues, ...replicaIssues.map((i) => ({ ...i, side: "replica" as const }))],
     deletesSkipped: p.deletesSkipped.length,
     bytesCopied: 0,
     hashed,

@@ -48,6 +48,8 @@ export interface ScanIssue {
   level: "error" | "warning";
   code: string;
   message: string;
+  /** Set on problems found in the replica (they never stop deletions). */
+  side?: "replica";
 }
 
 /** The parent folder of a relative path (`""` for top-level entries). */

@@ -217,7 +217,9 @@ Deno.test("a source read error is exit 1, logged, and deletes nothing in the rep
   assertEquals(Deno.readTextFileSync(`${dst}/ok/new`), "new");
   const events = jsonLines(Deno.readTextFileSync(log));
   assert(
-    events.some((e) => e.event === "scan-error" && e.path === "secret" && e.level === "error"),
+    events.some((e) =>
+      e.event === "scan-error" && e.path === "secret" && e.level === "error" && e.side === "source"
+    ),
   );
   assert(events.some((e) => e.event === "deletes-skipped"));
   // The manifest still describes the replica exactly.
