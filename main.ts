@@ -8,7 +8,7 @@ import { eventOf } from "./lib/apply.ts";
 import { type Command, COMMAND_HELP, HELP, parseCommand, VERSION } from "./lib/cli.ts";
 import { errorMessage, ExitCode, MimeoError, StoppedError, UsageError } from "./lib/errors.ts";
 import { configureLogging, flushConsole, humanLine, logEvent, setLogContext } from "./lib/log.ts";
-import { serializeManifest, treeDigest, writeFileAtomicSync } from "./lib/manifest.ts";
+import { modeString, serializeManifest, treeDigest, writeFileAtomicSync } from "./lib/manifest.ts";
 import { type Op } from "./lib/plan.ts";
 import { validatePaths } from "./lib/paths.ts";
 import { createProgress } from "./lib/progress.ts";
@@ -31,7 +31,7 @@ function err(text: string): void {
 /** An operation as JSON (modes as octal text, mtimes as ISO dates). */
 function opJson(op: Op): Record<string, unknown> {
   const o: Record<string, unknown> = { ...op };
-  if (typeof o.mode === "number") o.mode = (o.mode as number).toString(8).padStart(4, "0");
+  if (typeof o.mode === "number") o.mode = modeString(o.mode);
   if (typeof o.mtime === "number") o.mtime = new Date(o.mtime as number).toISOString();
   return o;
 }
@@ -134,10 +134,9 @@ async function runSync(cmd: Extract<Command, { command: "sync" | "plan" }>): Pro
       if (ac.signal.aborted && (e === ac.signal.reason || e instanceof StoppedError)) {
         return (ac.signal.reason as StoppedError).exitCode;
       }
-      if (run === 1 || !(e instanceof MimeoError) || e.exitCode === ExitCode.Usage) {
-        // Configuration problems are fatal at the start; bugs are fatal always.
-        if (run === 1 || !(e instanceof MimeoError)) throw e;
-      }
+      // Any problem is fatal in the first run (a configuration mistake) and bugs always are;
+      // later, a failing run (say an unmounted source) is logged and the loop goes on.
+      if (run === 1 || !(e instanceof MimeoError)) throw e;
       logEvent("error", {
         event: "run-failed",
         code: e.constructor.name,
@@ -157,7 +156,7 @@ async function runSync(cmd: Extract<Command, { command: "sync" | "plan" }>): Pro
   try {
     let code: number;
     if (isSync?.watch) {
-      code = await runWatch((run, extra) => once(run, extra), {
+      code = await runWatch(once, {
         source: cmd.source,
         debounceMs: isSync.debounceMs,
         safetyIntervalMs: isSync.intervalMs,

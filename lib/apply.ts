@@ -10,6 +10,7 @@
  */
 import { errorCode, errorMessage } from "./errors.ts";
 import { type LogEvent, logEvent } from "./log.ts";
+import { modeString } from "./manifest.ts";
 import { applyOp, countOps, type Op, type Plan } from "./plan.ts";
 import { nodeFromStat } from "./scan.ts";
 import { type PendingWrite, type Target, yieldToEventLoop } from "./target_fs.ts";
@@ -113,7 +114,7 @@ export function eventOf(op: Op): LogEvent {
         event: "meta",
         path: op.path,
         kind: op.kind,
-        ...(op.mode !== undefined ? { mode: op.mode.toString(8).padStart(4, "0") } : {}),
+        ...(op.mode !== undefined ? { mode: modeString(op.mode) } : {}),
         ...(op.mtime !== undefined ? { mtime: new Date(op.mtime).toISOString() } : {}),
       };
     case "symlink":
