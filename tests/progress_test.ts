@@ -55,6 +55,12 @@ Deno.test("a long sync on a terminal shows progress on stderr; --quiet and pipes
   assertMatch(tty, /synced: /);
   const quiet = await inTerminal(["sync", src, `${d.path}/b`, "--quiet"]);
   assertNotMatch(quiet, /ops {2}/);
+  const off = await inTerminal(["sync", src, `${d.path}/d`, "--no-progress"]);
+  assertNotMatch(off, /ops {2}/);
+  assertMatch(off, /synced: /);
+  // Forced on even with --quiet (stderr still a terminal here).
+  const forced = await inTerminal(["sync", src, `${d.path}/e`, "--quiet", "--progress"]);
+  assertMatch(forced, /\r\d+\/\d+ ops /);
   const piped = await mimeo(["sync", src, `${d.path}/c`, "--json"]);
   assertEquals(piped.code, 0, piped.stderr);
   assertNotMatch(piped.stderr, /ops {2}|\r/);
