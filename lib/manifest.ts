@@ -16,6 +16,7 @@
  * @module
  */
 import { createHash } from "node:crypto";
+import { encodeIndex, indexPathFor } from "./manifest_index.ts";
 import type { Fingerprint, Node, Tree } from "./types.ts";
 
 /** Current manifest format version. */
@@ -329,13 +330,16 @@ export function readManifest(path: string, checkDigest = false): Manifest {
  * Write text to `path` atomically: a temporary file in the same folder, flushed to disk,
  * then renamed over `path`. A crash leaves either the old file or the new one.
  */
-export function writeFileAtomicSync(path: string, text: string | string[]): void {
+export function writeFileAtomicSync(
+  path: string,
+  text: string | string[] | Uint8Array,
+): void {
   const tmp = `${path}.tmp-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
   const f = Deno.openSync(tmp, { write: true, createNew: true, mode: 0o644 });
   try {
     const enc = new TextEncoder();
-    for (const chunk of typeof text === "string" ? [text] : text) {
-      const data = enc.encode(chunk);
+    for (const chunk of typeof text === "string" || text instanceof Uint8Array ? [text] : text) {
+      const data = typeof chunk === "string" ? enc.encode(chunk) : chunk;
       let off = 0;
       while (off < data.length) off += f.writeSync(data.subarray(off));
     }
@@ -355,6 +359,20 @@ export function writeFileAtomicSync(path: string, text: string | string[]): void
       Deno.removeSync(tmp);
     } catch { /* already gone */ }
     throw e;
+  }
+}
+
+/**
+ * Write the index of the manifest just written at `manifestPath` (atomically, like the
+ * manifest; see `manifest_index.ts`). A missing index only costs speed, so a failure is
+ * returned, not thrown.
+ */
+export function writeIndex(manifestPath: string, m: Manifest): unknown {
+  try {
+    writeFileAtomicSync(indexPathFor(manifestPath), encodeIndex(m, Deno.statSync(manifestPath)));
+    return undefined;
+  } catch (e) {
+    return e;
   }
 }
 

@@ -8,7 +8,11 @@
  *
  * @module
  */
-import { buildFilter, type FilterOptions } from "./filter.ts";
+// Imports stay minimal here: each one adds to the worker's start-up (the gitignore
+// matcher alone costs ~30 ms, so it is loaded only when there are patterns).
+import type { FilterOptions } from "./filter.ts";
+import { decodeIndex } from "./manifest_index.ts";
+import { indexLookup, quickCheck } from "./quick_check.ts";
 import { scanTree } from "./scan.ts";
 import type { Node, ScanIssue, Tree } from "./types.ts";
 
@@ -77,27 +81,41 @@ export function decodeTree(e: EncodedTree): Tree {
   return tree;
 }
 
-/** What the worker is asked. */
+/** What the worker is asked: a scan, or a quick check against an index. */
+type Request = ScanRequest | QuickRequest;
+
+/** A scan of `root`. */
 interface ScanRequest {
+  kind?: "scan";
   root: string;
-  filter: FilterOptions;
+  /** Absent when nothing is excluded. */
+  filter?: FilterOptions;
   only?: string[];
 }
 
-/** What the worker answers. */
-type ScanAnswer = { ok: true; tree: EncodedTree; issues: ScanIssue[] } | {
-  ok: false;
-  message: string;
-};
+/** A quick check of the replica `root` against an index (see `quick_check.ts`). */
+interface QuickRequest {
+  kind: "quick";
+  root: string;
+  /** Absent when nothing is excluded. */
+  filter?: FilterOptions;
+  /** The index file's bytes, and the manifest's stat they must belong to. */
+  index: Uint8Array;
+  manifestStat: Deno.FileInfo;
+  now: number;
+}
 
-/**
- * Scan `root` in a Worker. Resolves with the tree and issues; rejects if the worker
- * fails; terminates the worker when `signal` aborts.
- */
-export function scanInWorker(
-  req: ScanRequest,
-  signal?: AbortSignal,
-): Promise<{ tree: Tree; issues: ScanIssue[] }> {
+/** What the worker answers. */
+type ScanAnswer =
+  | { ok: true; tree: EncodedTree; issues: ScanIssue[] }
+  | { ok: true; changed: string[] | undefined }
+  | { ok: false; message: string };
+
+function startWorker<T>(
+  req: Request,
+  signal: AbortSignal | undefined,
+  take: (a: ScanAnswer & { ok: true }) => T,
+): Promise<T> {
   return new Promise((resolve, reject) => {
     const worker = new Worker(import.meta.url, { type: "module", name: "mimeo-scan" });
     const onAbort = () => {
@@ -112,8 +130,12 @@ export function scanInWorker(
     worker.onmessage = (ev: MessageEvent<ScanAnswer>) => {
       done();
       const a = ev.data;
-      if (a.ok) resolve({ tree: decodeTree(a.tree), issues: a.issues });
-      else reject(new Error(a.message));
+      if (!a.ok) return reject(new Error(a.message));
+      try {
+        resolve(take(a));
+      } catch (e) {
+        reject(e);
+      }
     };
     worker.onerror = (ev) => {
       ev.preventDefault();
@@ -124,19 +146,61 @@ export function scanInWorker(
   });
 }
 
+/**
+ * Quick-check the replica in a Worker: the paths that may differ from the index, or
+ * undefined when the check gave up (see {@linkcode quickCheck}).
+ */
+export function quickCheckInWorker(
+  req: Omit<QuickRequest, "kind">,
+  signal?: AbortSignal,
+): Promise<string[] | undefined> {
+  return startWorker(
+    { kind: "quick", ...req },
+    signal,
+    (a) => "changed" in a ? a.changed : undefined,
+  );
+}
+
+/**
+ * Scan `root` in a Worker. Resolves with the tree and issues; rejects if the worker
+ * fails; terminates the worker when `signal` aborts.
+ */
+export function scanInWorker(
+  req: ScanRequest,
+  signal?: AbortSignal,
+): Promise<{ tree: Tree; issues: ScanIssue[] }> {
+  return startWorker(req, signal, (a) => {
+    if (!("tree" in a)) throw new Error("unexpected answer from the scan worker");
+    return { tree: decodeTree(a.tree), issues: a.issues };
+  });
+}
+
 // Worker side.
 interface WorkerScope {
-  onmessage: ((ev: MessageEvent<ScanRequest>) => void) | null;
+  onmessage: ((ev: MessageEvent<Request>) => void) | null;
   postMessage(message: unknown, transfer?: Transferable[]): void;
 }
 // deno-lint-ignore no-explicit-any
 const WorkerGlobal = (globalThis as any).WorkerGlobalScope;
 if (WorkerGlobal !== undefined && globalThis instanceof WorkerGlobal) {
   const scope = globalThis as unknown as WorkerScope;
-  scope.onmessage = (ev) => {
+  scope.onmessage = async (ev) => {
     try {
-      const { root, filter, only } = ev.data;
-      const r = scanTree(root, { exclude: buildFilter(filter), only });
+      const req = ev.data;
+      const exclude = req.filter && (await import("./filter.ts")).buildFilter(req.filter);
+      if (req.kind === "quick") {
+        const ix = decodeIndex(req.index, req.manifestStat);
+        const changed = ix &&
+          quickCheck(req.root, ix, indexLookup(ix), {
+            side: "replica",
+            exclude,
+            now: req.now,
+          });
+        scope.postMessage({ ok: true, changed } satisfies ScanAnswer);
+        return;
+      }
+      const { root, only } = req;
+      const r = scanTree(root, { exclude, only });
       const tree = encodeTree(r.tree);
       const answer: ScanAnswer = { ok: true, tree, issues: r.issues };
       scope.postMessage(answer, [tree.nums.buffer as ArrayBuffer]);

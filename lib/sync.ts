@@ -13,10 +13,18 @@ import {
   ManifestError,
   readManifest,
   treeDigest,
+  writeIndex,
   writeManifest,
 } from "./manifest.ts";
 import { countOps, isTempPath, type Op, type Plan, plan } from "./plan.ts";
-import { validatePaths } from "./paths.ts";
+import { type SyncPaths, validatePaths } from "./paths.ts";
+import {
+  decodeIndex,
+  indexPathFor,
+  indexToManifest,
+  type ManifestIndex,
+} from "./manifest_index.ts";
+import { indexLookup, quickCheck } from "./quick_check.ts";
 import {
   isTrustworthy,
   RACY_WINDOW_MS,
@@ -25,12 +33,11 @@ import {
   scanTree,
 } from "./scan.ts";
 import { hashNode } from "./hash.ts";
-import { scanInWorker } from "./scan_worker.ts";
+import { quickCheckInWorker, scanInWorker } from "./scan_worker.ts";
 import { FsTarget, yieldToEventLoop } from "./target_fs.ts";
 import {
   type DirNode,
   type FileNode,
-  isWithin,
   type LinkNode,
   parentOf,
   type ScanIssue,
@@ -137,6 +144,11 @@ export interface SyncReport {
   manifestWritten: boolean;
   /** Whether the replica was scanned on a second thread. */
   scannedInWorker: boolean;
+  /**
+   * How the run found what changed: `quick` when both sides were compared by stat with the
+   * manifest index and only the differences were scanned; `full` when both were scanned.
+   */
+  check: "quick" | "full";
   stopped: boolean;
   durationMs: number;
   exitCode: number;
@@ -166,12 +178,16 @@ function loadManifest(path: string, replicaExists: boolean): Manifest | undefine
   }
 }
 
-/** Minimal set of roots (drop paths inside other listed paths). */
-function normalizeOnly(only: string[]): string[] {
-  const sorted = [...new Set(only.filter((p) => p !== "" && p !== "."))].sort();
+/** Minimal set of roots (drop paths inside other listed paths), sorted. */
+export function normalizeOnly(only: string[]): string[] {
+  const set = new Set(only.filter((p) => p !== "" && p !== "."));
   const out: string[] = [];
-  for (const p of sorted) if (!out.some((o) => isWithin(p, o))) out.push(p);
-  return out;
+  for (const p of set) {
+    let d = parentOf(p);
+    while (d !== "" && !set.has(d)) d = parentOf(d);
+    if (d === "") out.push(p);
+  }
+  return out.sort();
 }
 
 function inOnly(p: string, roots: Set<string>): boolean {
@@ -402,18 +418,6 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     if (!(e instanceof Deno.errors.NotFound)) throw e;
     replicaExists = false;
   }
-  // A large recorded manifest means a large replica: walk it on the second core while this
-  // thread parses the manifest and walks the source.
-  let manifestBytes = 0;
-  try {
-    manifestBytes = Deno.statSync(manifestPath).size;
-  } catch { /* no manifest yet */ }
-  const minBytes = options.workerMinManifestBytes ?? WORKER_MIN_MANIFEST_BYTES;
-  const repInWorker = replicaExists && !options.only && manifestBytes > 0 &&
-      manifestBytes >= minBytes
-    ? scanInWorker({ root: replica, filter: filterOptions }, options.signal)
-    : undefined;
-  repInWorker?.catch(() => {}); // handled where awaited
   const marks: Record<string, number> = {};
   let tMark = performance.now();
   const mark = (name: string) => {
@@ -421,15 +425,75 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     marks[name] = Math.round((now - tMark) * 10) / 10;
     tMark = now;
   };
-  mark("validate");
-  const old = loadManifest(manifestPath, replicaExists);
-  mark("loadManifest");
   const progress = options.progress;
   progress?.({ phase: "scan", opsDone: 0, opsTotal: 0, bytesDone: 0, bytesTotal: 0 });
+  const now = Date.now();
+  let manifestStat: Deno.FileInfo | undefined;
+  try {
+    manifestStat = Deno.statSync(manifestPath);
+  } catch { /* no manifest yet */ }
+  const minBytes = options.workerMinManifestBytes ?? WORKER_MIN_MANIFEST_BYTES;
+
+  // The quick path: with an index that matches the manifest, both sides are checked by
+  // stat alone, and only what may differ is scanned, hashed and planned below.
+  let ix: ManifestIndex | undefined;
+  let only = options.only;
+  let quick: "none" | "changes" | "nothing" = "none";
+  let repQuickInWorker = false;
+  if (replicaExists && manifestStat && !options.checksum && !options.only) {
+    let indexBytes: Uint8Array | undefined;
+    try {
+      indexBytes = Deno.readFileSync(indexPathFor(manifestPath));
+      ix = decodeIndex(indexBytes, manifestStat);
+    } catch { /* no index: the manifest is read below */ }
+    if (ix) {
+      // The replica on the second core when large, the source here.
+      const inWorker = indexBytes!.length >= minBytes
+        ? quickCheckInWorker({
+          root: replica,
+          filter: exclude && filterOptions,
+          index: indexBytes!,
+          manifestStat,
+          now,
+        }, options.signal).catch((e) => {
+          if (options.signal?.aborted) throw e;
+          return "failed" as const;
+        })
+        : undefined;
+      mark("index");
+      const lookup = indexLookup(ix);
+      const check = (root: string, side: "source" | "replica") =>
+        quickCheck(root, ix!, lookup, { side, exclude, now, signal: options.signal });
+      const srcChanged = check(source, "source");
+      mark("quickSource");
+      let repChanged = await inWorker;
+      repQuickInWorker = inWorker !== undefined && repChanged !== "failed";
+      if (!repQuickInWorker) repChanged = check(replica, "replica");
+      mark("quick");
+      if (srcChanged && repChanged) {
+        only = [...srcChanged, ...repChanged];
+        quick = only.length ? "changes" : "nothing";
+      }
+    }
+  }
+  if (quick === "nothing") {
+    const report = newReport(paths, dryRun, ix!.paths.length);
+    report.digest = ix!.digest;
+    report.check = "quick";
+    report.scannedInWorker = repQuickInWorker;
+    return finish(report, t0, marks);
+  }
+  // A large recorded manifest means a large replica: walk it on the second core while this
+  // thread reads the manifest and walks the source.
+  const repInWorker = replicaExists && !only && manifestStat && manifestStat.size >= minBytes
+    ? scanInWorker({ root: replica, filter: exclude && filterOptions }, options.signal)
+    : undefined;
+  repInWorker?.catch(() => {}); // handled where awaited
+  const old = ix ? indexToManifest(ix) : loadManifest(manifestPath, replicaExists);
+  mark("loadManifest");
 
   // Scan both sides (stat only).
-  const now = Date.now();
-  const roots = old && options.only ? new Set(normalizeOnly(options.only)) : undefined;
+  const roots = old && only ? new Set(normalizeOnly(only)) : undefined;
   const srcScan = scanTree(source, { exclude, signal: options.signal, only: roots && [...roots] });
   let repScan: { tree: Tree; issues: ScanIssue[] } | undefined;
   let repScanFromWorker = false;
@@ -525,25 +589,16 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     }
   }
 
-  const report: SyncReport = {
-    source,
-    replica,
-    manifest: manifestPath,
-    dryRun,
-    ops: p.ops,
-    done: countOps([]),
-    failures: [],
-    scanIssues: [...issues, ...replicaIssues.map((i) => ({ ...i, side: "replica" as const }))],
-    deletesSkipped: p.deletesSkipped.length,
-    bytesCopied: 0,
-    hashed,
-    entries: src.size,
-    manifestWritten: false,
-    scannedInWorker: repInWorker !== undefined && repScanFromWorker,
-    stopped: false,
-    durationMs: 0,
-    exitCode: ExitCode.Ok,
-  };
+  const report = newReport(paths, dryRun, src.size);
+  report.ops = p.ops;
+  report.scanIssues = [
+    ...issues,
+    ...replicaIssues.map((i) => ({ ...i, side: "replica" as const })),
+  ];
+  report.deletesSkipped = p.deletesSkipped.length;
+  report.hashed = hashed;
+  report.scannedInWorker = repScanFromWorker || repQuickInWorker;
+  report.check = quick === "changes" ? "quick" : "full";
   if (dryRun) {
     report.durationMs = performance.now() - t0;
     report.exitCode = sourceErrors ? ExitCode.PartialFailure : ExitCode.Ok;
@@ -616,17 +671,63 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
       });
     }
   }
+  // The index follows the manifest it compiles (and is rebuilt when missing or stale).
+  if (report.manifestWritten || (!ix && old && !changed)) {
+    next.digest ??= report.digest;
+    const e = writeIndex(manifestPath, next);
+    if (e) {
+      logEvent("debug", {
+        event: "index-failed",
+        path: indexPathFor(manifestPath),
+        message: `cannot write the manifest index: ${
+          errorMessage(e)
+        } (the next run reads the manifest)`,
+      });
+    }
+  }
   mark("record");
+  if (sourceErrors) report.exitCode = ExitCode.PartialFailure;
+  return finish(report, t0, marks);
+}
+
+/** A report of a run that did nothing yet. */
+function newReport(paths: SyncPaths, dryRun: boolean, entries: number): SyncReport {
+  return {
+    source: paths.source,
+    replica: paths.replica,
+    manifest: paths.manifest,
+    dryRun,
+    ops: [],
+    done: countOps([]),
+    failures: [],
+    scanIssues: [],
+    deletesSkipped: 0,
+    bytesCopied: 0,
+    hashed: { source: 0, replica: 0 },
+    entries,
+    manifestWritten: false,
+    scannedInWorker: false,
+    check: "full",
+    stopped: false,
+    durationMs: 0,
+    exitCode: ExitCode.Ok,
+  };
+}
+
+/** Log the timings and the summary of a finished run. */
+function finish(report: SyncReport, t0: number, marks: Record<string, number>): SyncReport {
+  const check = report.check;
   report.durationMs = performance.now() - t0;
+  if (report.dryRun) return report;
   logEvent("debug", {
     event: "timings",
     ms: marks,
-    replicaScan: repScanFromWorker ? "worker" : "main",
-    message: `timings (ms): ${JSON.stringify(marks)}${
-      repInWorker ? ", replica scanned in a worker" : ""
+    replicaScan: report.scannedInWorker ? "worker" : "main",
+    message: `timings (ms): ${JSON.stringify(marks)}; ${check} check${
+      report.scannedInWorker ? ", replica walked in a worker" : ""
     }`,
   });
-  report.exitCode = report.failures.length || sourceErrors ? ExitCode.PartialFailure : ExitCode.Ok;
+  if (report.failures.length) report.exitCode = ExitCode.PartialFailure;
   logEvent(report.exitCode ? "warning" : "info", {
     event: "summary",
     text: summaryText(report),
@@ -653,6 +754,7 @@ export function summaryFields(r: SyncReport): Record<string, unknown> {
     entries: r.entries,
     digest: r.digest,
     manifestWritten: r.manifestWritten,
+    check: r.check,
     stopped: r.stopped,
     durationMs: Math.round(r.durationMs),
     rssBytes: Deno.memoryUsage().rss,

@@ -70,7 +70,7 @@ Deno.test("--verbose adds debug lines such as the phase timings; the log has the
   const v = await mimeo(["sync", src, dst, "-v", "--log", log]);
   assertEquals(v.code, 0, v.stderr);
   assertMatch(v.stderr, /run 1: .* -> /);
-  assertMatch(v.stderr, /timings \(ms\): \{"validate"/);
+  assertMatch(v.stderr, /timings \(ms\): \{.*"scan":[\d.]+.*\}; full check/);
   const n = await mimeo(["sync", src, dst]);
   assertNotMatch(n.stderr, /timings/);
   const t = jsonLines(Deno.readTextFileSync(log)).find((e) => e.event === "timings");

@@ -1,0 +1,239 @@
+/**
+ * The manifest index and the quick check: a run compares both sides by stat with the
+ * index and scans only what differs. These tests pin down when that path is taken, that
+ * it sees every kind of change, and that a stale or damaged index is never trusted.
+ */
+import { type Manifest, readManifest } from "../lib/manifest.ts";
+import {
+  bytesToHex,
+  decodeIndex,
+  encodeIndex,
+  hexToBytes,
+  indexPathFor,
+  indexToManifest,
+  readIndex,
+} from "../lib/manifest_index.ts";
+import { indexLookup, quickCheck } from "../lib/quick_check.ts";
+import { normalizeOnly } from "../lib/sync.ts";
+import {
+  ageTree,
+  assert,
+  assertEquals,
+  assertMirror,
+  jsonLines,
+  mimeo,
+  tempDir,
+  writeTree,
+} from "./helpers.ts";
+
+/** The last summary event in a JSON Lines log. */
+function lastSummary(log: string): Record<string, unknown> {
+  const s = jsonLines(Deno.readTextFileSync(log)).filter((e) => e.event === "summary");
+  return s[s.length - 1];
+}
+
+async function syncedPair(spec: Parameters<typeof writeTree>[1]) {
+  const d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`, log = `${d.path}/log.jsonl`;
+  writeTree(src, spec);
+  ageTree(src);
+  // Source hashes are trusted from the cache only once the ctime's second has passed.
+  await new Promise((r) => setTimeout(r, 1100));
+  const r = await mimeo(["sync", src, dst, "-q"]);
+  assertEquals(r.code, 0, r.stderr);
+  return {
+    src,
+    dst,
+    log,
+    man: `${dst}.mimeo.json`,
+    idx: `${dst}.mimeo.idx`,
+    [Symbol.asyncDispose]: () => d[Symbol.asyncDispose](),
+  };
+}
+
+Deno.test("encodeIndex() and decodeIndex() round-trip a manifest; a different manifest stat makes it stale", async () => {
+  await using d = await tempDir();
+  const man = `${d.path}/m.json`;
+  Deno.writeTextFileSync(man, "{}");
+  const m: Manifest = {
+    entries: new Map([
+      ["a", { type: "dir", mode: 0o755 }],
+      ["a/f é.txt", {
+        type: "file",
+        size: 3,
+        mtime: 1700000000123,
+        mode: 0o644,
+        sha256: "ab".repeat(32),
+      }],
+      ["a/g", { type: "file", size: 0, mtime: 5, mode: 0o600, sha256: "0f".repeat(32) }],
+      ["l", { type: "symlink", target: "a/データ" }],
+    ]),
+    cache: new Map([["a/f é.txt", { dst: [11, 1700000001000], src: [12, 1700000002000] }], [
+      "a/g",
+      { src: [13, 9000] },
+    ]]),
+    digest: `sha256:${"cd".repeat(32)}`,
+  };
+  const st = Deno.statSync(man);
+  const bytes = encodeIndex(m, st);
+  const ix = decodeIndex(bytes, st);
+  assert(ix, "decodes against the same stat");
+  const back = indexToManifest(ix);
+  assertEquals([...back.entries], [...m.entries]);
+  assertEquals([...back.cache], [["a/f é.txt", m.cache.get("a/f é.txt")], ["a/g", {
+    dst: undefined,
+    src: [13, 9000],
+  }]]);
+  assertEquals(back.digest, m.digest);
+  assertEquals(decodeIndex(bytes, { ...st, size: st.size + 1 }), undefined, "stale");
+  assertEquals(decodeIndex(bytes.subarray(0, bytes.length - 1), st), undefined, "truncated");
+  assertEquals(decodeIndex(new Uint8Array(200), st), undefined, "not an index");
+  assertEquals(indexPathFor("/x/r.mimeo.json"), "/x/r.mimeo.idx");
+  assertEquals(indexPathFor("/x/manifest"), "/x/manifest.idx");
+});
+
+Deno.test("bytesToHex() and hexToBytes() are inverses", () => {
+  const b = new Uint8Array(256).map((_, i) => i);
+  const hex = bytesToHex(b);
+  assertEquals(hex.slice(0, 8), "00010203");
+  assertEquals(hex.slice(-4), "feff");
+  assertEquals([...hexToBytes(hex)], [...b]);
+});
+
+Deno.test("normalizeOnly() keeps the outermost paths, sorted", () => {
+  assertEquals(normalizeOnly(["b/c", "a", "a/x/y", "b", "c/d", "", ".", "c/d/e", "cd"]), [
+    "a",
+    "b",
+    "c/d",
+    "cd",
+  ]);
+});
+
+Deno.test("quickCheck() lists exactly the paths that may differ, one path per new or gone folder", async () => {
+  await using p = await syncedPair({
+    "keep.txt": "k",
+    "edit.txt": "e",
+    "gone.txt": "g",
+    "dir/a.txt": "a",
+    "olddir/x/y.txt": "y",
+    "modes/z.txt": "z",
+    "link": { link: "keep.txt" },
+  });
+  const { src, man } = p;
+  const ix = readIndex(man);
+  assert(ix, "the first sync wrote an index");
+  const lookup = indexLookup(ix);
+  const now = Date.now();
+  assertEquals(quickCheck(src, ix, lookup, { side: "source", now }), []);
+  assertEquals(quickCheck(p.dst, ix, lookup, { side: "replica", now }), []);
+  Deno.writeTextFileSync(`${src}/edit.txt`, "edited");
+  Deno.removeSync(`${src}/gone.txt`);
+  Deno.removeSync(`${src}/olddir`, { recursive: true });
+  writeTree(src, { "newdir/deep/n.txt": "n", "dir/b.txt": "b" });
+  Deno.chmodSync(`${src}/modes`, 0o700);
+  Deno.removeSync(`${src}/link`);
+  Deno.symlinkSync("dir", `${src}/link`);
+  const changed = quickCheck(src, ix, lookup, { side: "source", now })!;
+  assertEquals(changed.sort(), [
+    "dir/b.txt",
+    "edit.txt",
+    "gone.txt",
+    "link",
+    "modes",
+    "newdir",
+    "olddir",
+  ]);
+  // A file inside the racy window (mtime less than 2 s before the run) is never trusted.
+  const racyNow = Deno.statSync(`${src}/keep.txt`).mtime!.getTime() + 1000;
+  assert(quickCheck(src, ix, lookup, { side: "source", now: racyNow })!.includes("keep.txt"));
+});
+
+Deno.test("a second run with nothing changed takes the quick check and writes nothing", async () => {
+  await using p = await syncedPair({ "a/b.txt": "b", "c.txt": "c", "l": { link: "c.txt" } });
+  const { src, dst, log, man, idx } = p;
+  const before = [Deno.statSync(man).mtime, Deno.statSync(idx).mtime];
+  const r = await mimeo(["sync", src, dst, "-v", "--log", log]);
+  assertEquals(r.code, 0, r.stderr);
+  const s = lastSummary(log);
+  assertEquals([s.check, s.planned, s.manifestWritten], ["quick", 0, false]);
+  assertEquals(s.digest, readManifest(man).digest);
+  assertEquals([Deno.statSync(man).mtime, Deno.statSync(idx).mtime], before);
+});
+
+Deno.test("the quick check sees every kind of change on both sides", async () => {
+  await using p = await syncedPair({
+    "f.txt": "one",
+    "same.txt": "1234",
+    "mode.sh": "#!/bin/sh",
+    "d/x.txt": "x",
+    "d/y.txt": "y",
+    "t/a.txt": "a",
+    "l": { link: "f.txt" },
+  });
+  const { src, dst, log } = p;
+  // Source: new, edited, deleted, renamed folder, mode change.
+  Deno.writeTextFileSync(`${src}/new.txt`, "new");
+  Deno.writeTextFileSync(`${src}/f.txt`, "two!");
+  Deno.renameSync(`${src}/d`, `${src}/d2`);
+  Deno.chmodSync(`${src}/mode.sh`, 0o755);
+  // Replica, behind mimeo's back: same-size rewrite, extra file, folder turned into a
+  // file, symlink retargeted.
+  Deno.writeTextFileSync(`${dst}/same.txt`, "abcd");
+  Deno.writeTextFileSync(`${dst}/extra.txt`, "extra");
+  Deno.removeSync(`${dst}/t`, { recursive: true });
+  Deno.writeTextFileSync(`${dst}/t`, "not a folder");
+  Deno.removeSync(`${dst}/l`);
+  Deno.symlinkSync("same.txt", `${dst}/l`);
+  const r = await mimeo(["sync", src, dst, "--log", log]);
+  assertEquals(r.code, 0, r.stderr);
+  assertMirror(src, dst);
+  const s = lastSummary(log);
+  assertEquals(s.check, "quick");
+  assertEquals((s.done as Record<string, number>).rename, 1, "the folder is renamed, not copied");
+  // And the run after that is a quick no-op again.
+  const again = await mimeo(["sync", src, dst, "--log", log]);
+  assertEquals(again.code, 0, again.stderr);
+  assertEquals([lastSummary(log).check, lastSummary(log).planned], ["quick", 0]);
+});
+
+Deno.test("a stale, damaged or missing index is not trusted: the run scans in full and writes a new one", async () => {
+  await using p = await syncedPair({ "a.txt": "a", "d/b.txt": "b" });
+  const { src, dst, log, man, idx } = p;
+  const run = async () => {
+    const r = await mimeo(["sync", src, dst, "--log", log]);
+    assertEquals(r.code, 0, r.stderr);
+    assertMirror(src, dst);
+    return lastSummary(log).check;
+  };
+  // Stale: the manifest was rewritten (same text, new inode) after the index.
+  Deno.writeTextFileSync(`${man}.copy`, Deno.readTextFileSync(man));
+  Deno.renameSync(`${man}.copy`, man);
+  Deno.writeTextFileSync(`${src}/a.txt`, "changed");
+  ageTree(src);
+  assertEquals(await run(), "full");
+  assertEquals(await run(), "quick", "the full run wrote a fresh index");
+  // Damaged.
+  const bytes = Deno.readFileSync(idx);
+  Deno.writeFileSync(idx, bytes.subarray(0, bytes.length - 10));
+  assertEquals(await run(), "full");
+  assertEquals(await run(), "quick");
+  // Missing.
+  Deno.removeSync(idx);
+  assertEquals(await run(), "full");
+  assertEquals(await run(), "quick");
+});
+
+Deno.test("sync() quick-checks the replica on a second thread with the same results", async () => {
+  const { sync } = await import("../lib/mod.ts");
+  await using p = await syncedPair({ "a/1.txt": "1", "a/2.txt": "2", "b/3.txt": "3" });
+  const { src, dst } = p;
+  const opts = { source: src, replica: dst, workerMinManifestBytes: 1 };
+  const noop = await sync(opts);
+  assertEquals([noop.check, noop.scannedInWorker, noop.ops.length], ["quick", true, 0]);
+  Deno.writeTextFileSync(`${dst}/a/1.txt`, "tampered, longer");
+  Deno.removeSync(`${dst}/b`, { recursive: true });
+  const r = await sync(opts);
+  assertEquals([r.check, r.scannedInWorker, r.exitCode], ["quick", true, 0]);
+  assertEquals(r.done.update + r.done.copy + r.done.mkdir, 2 + 1);
+  assertMirror(src, dst);
+});
