@@ -84,32 +84,30 @@ export function comparePaths(a: string, b: string): number {
  */
 export function treeDigest(tree: Tree, paths: string[] = sortedPaths(tree)): string {
   const h = createHash("sha256");
-  // Batched: one native update per 1,000 entries instead of one per entry.
-  let batch: string[] = [];
-  for (const p of paths) {
-    batch.push(digestLine(p, tree.get(p)!));
-    if (batch.length === 1000) {
-      h.update(batch.join(""));
-      batch = [];
-    }
-  }
-  if (batch.length) h.update(batch.join(""));
+  const dig = new Utf8Out((b) => h.update(b));
+  for (const p of paths) digestEntry(dig, p, tree.get(p)!);
+  dig.end();
   return `sha256:${h.digest("hex")}`;
 }
 
-function digestLine(p: string, n: Node): string {
+/** One entry's digest input: `path NUL type NUL mode NUL content NUL`. */
+function digestEntry(dig: Utf8Out, p: string, n: Node): void {
+  dig.text(p);
   if (n.type === "file") {
     if (!n.sha256) throw new Error(`no hash for '${p}'`);
-    return `${p}\0file\0${modeString(n.mode)}\0${n.sha256}\0`;
+    dig.text("\0file\0");
+    dig.text(modeText(n.mode));
+    dig.byte(0);
+    dig.text(n.sha256);
+    dig.byte(0);
+  } else if (n.type === "dir") dig.text(`\0dir\0${modeText(n.mode)}\0\0`);
+  else {
+    dig.text("\0symlink\0\0");
+    dig.text(n.target);
+    dig.byte(0);
   }
-  if (n.type === "dir") return `${p}\0dir\0${modeString(n.mode)}\0\0`;
-  return `${p}\0symlink\0\0${n.target}\0`;
 }
 
-/** JSON text of a string; skips JSON.stringify for the common case of nothing to escape. */
-function jsonString(s: string): string {
-  return NEEDS_ESCAPE.test(s) ? JSON.stringify(s) : `"${s}"`;
-}
 // deno-lint-ignore no-control-regex
 const NEEDS_ESCAPE = /["\\\u0000-\u001f\u2028\u2029\ud800-\udfff]/;
 
@@ -126,87 +124,177 @@ export function totalsOf(tree: Tree): Totals {
   return t;
 }
 
-function entryJson(n: Node): string {
-  switch (n.type) {
-    case "file":
-      return `{"mode":"${
-        modeString(n.mode)
-      }","mtime":${n.mtime},"sha256":"${n.sha256}","size":${n.size},"type":"file"}`;
-    case "dir":
-      return `{"mode":"${modeString(n.mode)}","type":"dir"}`;
-    case "symlink":
-      return `{"target":${jsonString(n.target)},"type":"symlink"}`;
+/** UTF-8 output in blocks of 1 MiB, written byte by byte (no intermediate strings). */
+class Utf8Out {
+  readonly blocks: Uint8Array[] = [];
+  #buf = new Uint8Array(1 << 20);
+  #pos = 0;
+
+  /** @param sink takes each full block (for hashing) instead of keeping it */
+  constructor(readonly sink?: (block: Uint8Array) => void) {}
+
+  #room(n: number): void {
+    if (this.#pos + n <= this.#buf.length) return;
+    this.#flush();
+    if (n > this.#buf.length) this.#buf = new Uint8Array(n);
   }
+
+  #flush(): void {
+    const block = this.#buf.subarray(0, this.#pos);
+    if (this.sink) this.sink(block);
+    else this.blocks.push(block);
+    this.#buf = this.sink ? this.#buf : new Uint8Array(this.#buf.length);
+    this.#pos = 0;
+  }
+
+  /** Text, UTF-8 encoded; ASCII is copied directly. */
+  text(s: string): void {
+    this.#room(s.length * 3);
+    const b = this.#buf;
+    let p = this.#pos;
+    for (let i = 0; i < s.length; i++) {
+      const c = s.charCodeAt(i);
+      if (c >= 128) {
+        p = this.#pos + utf8.encodeInto(s, b.subarray(this.#pos)).written;
+        break;
+      }
+      b[p++] = c;
+    }
+    this.#pos = p;
+  }
+
+  /** A JSON string literal (quotes and escapes when needed). */
+  json(s: string): void {
+    if (NEEDS_ESCAPE.test(s)) return this.text(JSON.stringify(s));
+    this.byte(34);
+    this.text(s);
+    this.byte(34);
+  }
+
+  byte(c: number): void {
+    this.#room(1);
+    this.#buf[this.#pos++] = c;
+  }
+
+  /** A number as JSON writes it; non-negative safe integers digit by digit. */
+  int(n: number): void {
+    if (!(n >= 0) || !Number.isSafeInteger(n)) return this.text(String(n));
+    let len = 1;
+    for (let x = n; x >= 10; x = Math.floor(x / 10)) len++;
+    this.#room(len);
+    let p = this.#pos + len;
+    const b = this.#buf;
+    do {
+      b[--p] = 48 + (n % 10);
+      n = Math.floor(n / 10);
+    } while (n > 0);
+    this.#pos += len;
+  }
+
+  /** The remaining bytes (flushed to the sink, or appended to `blocks`). */
+  end(): Uint8Array[] {
+    if (this.#pos) this.#flush();
+    return this.blocks;
+  }
+}
+const utf8 = new TextEncoder();
+
+/** `modeString()` per mode value, computed once. */
+const MODE_TEXT: string[] = [];
+function modeText(mode: number): string {
+  return MODE_TEXT[mode] ??= modeString(mode);
 }
 
 /**
- * Serialize a manifest to its canonical JSON text (sorted keys, one entry per line), in one
- * pass that also computes the digest. The cache section is written only when `withCache`.
- * Returns the text in chunks of about 64 KiB, built by concatenation: joining 20,000 small
- * strings with `Array.prototype.join` costs several times more.
+ * Serialize a manifest to its canonical JSON (sorted keys, one entry per line) as UTF-8
+ * blocks, in one pass that also computes the digest (stored in `m.digest`). The cache
+ * section is written only when `withCache`. Bytes are written directly: building the
+ * text as strings cost ~1 s at 200,000 entries (number and string concatenation, then
+ * flattening and encoding), this ~0.2 s.
  */
-export function serializeManifestChunks(m: Manifest, withCache: boolean): string[] {
+export function serializeManifestBytes(m: Manifest, withCache: boolean): Uint8Array[] {
   const paths = sortedPaths(m.entries);
   const h = createHash("sha256");
-  let digestIn = "";
-  const keys: string[] = new Array(paths.length);
-  let cacheText = "";
-  const cacheChunks: string[] = [];
+  const dig = new Utf8Out((b) => h.update(b));
+  const cache = new Utf8Out();
+  const out = new Utf8Out();
   const t: Totals = { files: 0, dirs: 0, symlinks: 0, bytes: 0 };
-  let sep = "";
+  let rows = 0;
   for (let i = 0; i < paths.length; i++) {
     const p = paths[i];
     const n = m.entries.get(p)!;
-    const key = keys[i] = jsonString(p);
-    digestIn += digestLine(p, n);
-    if (digestIn.length > 65536) {
-      h.update(digestIn);
-      digestIn = "";
-    }
+    digestEntry(dig, p, n);
+    if (i) out.text(",\n");
+    out.json(p);
     if (n.type === "file") {
       t.files++;
       t.bytes += n.size;
+      out.text(': {"mode":"');
+      out.text(modeText(n.mode));
+      out.text('","mtime":');
+      out.int(n.mtime);
+      out.text(',"sha256":"');
+      out.text(n.sha256!);
+      out.text('","size":');
+      out.int(n.size);
+      out.text(',"type":"file"}');
       const c = withCache ? m.cache.get(p) : undefined;
       if (c && (c.dst || c.src)) {
         // [dst ino, dst ctime] or [dst ino, dst ctime, src ino, src ctime]; 0,0 = no dst.
-        const d = c.dst ?? [0, 0];
-        cacheText += c.src
-          ? `${sep}${key}: [${d[0]},${d[1]},${c.src[0]},${c.src[1]}]`
-          : `${sep}${key}: [${d[0]},${d[1]}]`;
-        sep = ",\n";
-        if (cacheText.length > 65536) {
-          cacheChunks.push(cacheText);
-          cacheText = "";
+        if (rows++) cache.text(",\n");
+        cache.json(p);
+        cache.text(": [");
+        cache.int(c.dst?.[0] ?? 0);
+        cache.byte(44);
+        cache.int(c.dst?.[1] ?? 0);
+        if (c.src) {
+          cache.byte(44);
+          cache.int(c.src[0]);
+          cache.byte(44);
+          cache.int(c.src[1]);
         }
+        cache.byte(93);
       }
-    } else if (n.type === "dir") t.dirs++;
-    else t.symlinks++;
-  }
-  h.update(digestIn);
-  const digest = `sha256:${h.digest("hex")}`;
-  m.digest = digest;
-  const out: string[] = [`{\n"algorithm": "sha256",\n`];
-  if (withCache) {
-    out.push(`"cache": {\n`, ...cacheChunks, cacheText, sep ? "\n},\n" : "},\n");
-  }
-  let text = `"digest": "${digest}",\n"entries": {\n`;
-  for (let i = 0; i < paths.length; i++) {
-    text += `${i ? ",\n" : ""}${keys[i]}: ${entryJson(m.entries.get(paths[i])!)}`;
-    if (text.length > 65536) {
-      out.push(text);
-      text = "";
+    } else if (n.type === "dir") {
+      t.dirs++;
+      out.text(`: {"mode":"${modeText(n.mode)}","type":"dir"}`);
+    } else {
+      t.symlinks++;
+      out.text(`: {"target":`);
+      out.json(n.target);
+      out.text(`,"type":"symlink"}`);
     }
   }
-  text += `${
-    paths.length ? "\n" : ""
-  }},\n"totals": {"bytes":${t.bytes},"dirs":${t.dirs},"files":${t.files},"symlinks":${t.symlinks}},\n"version": ${MANIFEST_VERSION}\n}\n`;
-  out.push(text);
-  return out;
+  dig.end();
+  const digest = `sha256:${h.digest("hex")}`;
+  m.digest = digest;
+  const head = new Utf8Out();
+  head.text(`{\n"algorithm": "sha256",\n`);
+  const parts = [...head.end()];
+  if (withCache) {
+    parts.push(utf8.encode(`"cache": {\n`), ...cache.end(), utf8.encode(rows ? "\n},\n" : "},\n"));
+  }
+  parts.push(utf8.encode(`"digest": "${digest}",\n"entries": {\n`), ...out.end());
+  parts.push(
+    utf8.encode(
+      `${
+        paths.length ? "\n" : ""
+      }},\n"totals": {"bytes":${t.bytes},"dirs":${t.dirs},"files":${t.files},"symlinks":${t.symlinks}},\n"version": ${MANIFEST_VERSION}\n}\n`,
+    ),
+  );
+  return parts;
 }
 
-/** The canonical JSON text of a manifest (see {@linkcode serializeManifestChunks}). */
+/** The canonical JSON text of a manifest (see {@linkcode serializeManifestBytes}). */
 export function serializeManifest(m: Manifest, withCache: boolean): string {
-  return serializeManifestChunks(m, withCache).join("");
+  const parts = serializeManifestBytes(m, withCache);
+  const all = new Uint8Array(parts.reduce((n, b) => n + b.length, 0));
+  let off = 0;
+  for (const b of parts) {
+    all.set(b, off);
+    off += b.length;
+  }
+  return new TextDecoder().decode(all);
 }
 
 const HEX64 = /^[0-9a-f]{64}$/;
@@ -332,7 +420,7 @@ export function readManifest(path: string, checkDigest = false): Manifest {
  */
 export function writeFileAtomicSync(
   path: string,
-  text: string | string[] | Uint8Array,
+  text: string | Uint8Array | (string | Uint8Array)[],
 ): void {
   const tmp = `${path}.tmp-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
   const f = Deno.openSync(tmp, { write: true, createNew: true, mode: 0o644 });
@@ -378,6 +466,6 @@ export function writeIndex(manifestPath: string, m: Manifest): unknown {
 
 /** Write a manifest atomically; returns its digest. */
 export function writeManifest(path: string, m: Manifest, withCache = true): string {
-  writeFileAtomicSync(path, serializeManifestChunks(m, withCache));
+  writeFileAtomicSync(path, serializeManifestBytes(m, withCache));
   return m.digest!;
 }

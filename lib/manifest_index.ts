@@ -57,7 +57,7 @@ export function encodeIndex(m: Manifest, manifestStat: Deno.FileInfo): Uint8Arra
   const paths: string[] = [];
   const targets: string[] = [];
   const nums = new Float64Array(n * INDEX_FIELDS);
-  const hex: string[] = [];
+  const shaBytes = new Uint8Array(n * 32);
   let i = 0;
   for (const [p, node] of m.entries) {
     paths.push(p);
@@ -75,17 +75,15 @@ export function encodeIndex(m: Manifest, manifestStat: Deno.FileInfo): Uint8Arra
       const c = m.cache.get(p);
       if (c?.dst) [nums[o + 4], nums[o + 5]] = c.dst;
       if (c?.src) [nums[o + 6], nums[o + 7]] = c.src;
-      hex.push(node.sha256!);
+      hexInto(node.sha256!, shaBytes, i * 32);
     } else {
       nums[o] = node.type === "dir" ? Kind.Dir : Kind.Symlink;
       if (node.type === "dir") nums[o + 1] = node.mode;
       else targets.push(node.target);
-      hex.push(ZERO_HEX);
     }
     i++;
   }
   const blob = new TextEncoder().encode([...paths, ...targets].join("\0"));
-  const shaBytes = hexToBytes(hex.join(""));
   const total = HEADER_BYTES + nums.byteLength + shaBytes.length + blob.length;
   const out = new Uint8Array(total);
   out.set(new TextEncoder().encode(MAGIC), 0);
@@ -97,7 +95,6 @@ export function encodeIndex(m: Manifest, manifestStat: Deno.FileInfo): Uint8Arra
   out.set(blob, HEADER_BYTES + nums.byteLength + shaBytes.length);
   return out;
 }
-const ZERO_HEX = "0".repeat(64);
 
 /**
  * Decode an index. Returns undefined when it is not an index, is damaged, or does not
@@ -117,7 +114,10 @@ export function decodeIndex(
   if (size !== key[0] || mtime !== key[1] || ino !== key[2] || ctime !== key[3]) return undefined;
   const numBytes = n * INDEX_FIELDS * 8;
   if (bytes.length !== HEADER_BYTES + numBytes + n * 32 + blobLen) return undefined;
-  const nums = new Float64Array(bytes.slice(HEADER_BYTES, HEADER_BYTES + numBytes).buffer);
+  // A view when aligned (a freshly read file always is), else a copy.
+  const nums = (bytes.byteOffset + HEADER_BYTES) % 8 === 0
+    ? new Float64Array(bytes.buffer, bytes.byteOffset + HEADER_BYTES, n * INDEX_FIELDS)
+    : new Float64Array(bytes.slice(HEADER_BYTES, HEADER_BYTES + numBytes).buffer);
   const sha = bytes.subarray(HEADER_BYTES + numBytes, HEADER_BYTES + numBytes + n * 32);
   const strings = n + targetCount === 0 ? [] : new TextDecoder().decode(
     bytes.subarray(HEADER_BYTES + numBytes + n * 32),
@@ -191,9 +191,14 @@ export function bytesToHex(bytes: Uint8Array): string {
 /** Bytes of a lower-case hex string of even length. */
 export function hexToBytes(hex: string): Uint8Array {
   const out = new Uint8Array(hex.length >> 1);
-  for (let i = 0; i < out.length; i++) {
-    const a = hex.charCodeAt(2 * i), b = hex.charCodeAt(2 * i + 1);
-    out[i] = ((a > 57 ? a - 87 : a - 48) << 4) | (b > 57 ? b - 87 : b - 48);
-  }
+  hexInto(hex, out, 0);
   return out;
+}
+
+/** Decode lower-case hex into `out` from `at`. */
+function hexInto(hex: string, out: Uint8Array, at: number): void {
+  for (let i = 0; i < hex.length >> 1; i++) {
+    const a = hex.charCodeAt(2 * i), b = hex.charCodeAt(2 * i + 1);
+    out[at + i] = ((a > 57 ? a - 87 : a - 48) << 4) | (b > 57 ? b - 87 : b - 48);
+  }
 }

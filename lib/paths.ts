@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { indexPathFor } from "./manifest_index.ts";
 import { basename, dirname, resolve } from "node:path";
 import { PermissionMissingError, UnsafeConfigError, UsageError } from "./errors.ts";
 
@@ -41,6 +42,11 @@ export interface SyncPaths {
   source: string;
   replica: string;
   manifest: string;
+}
+
+/** Whether Deno grants `name` on `path` now (never prompts). */
+export function granted(name: "read" | "write", path: string): boolean {
+  return Deno.permissions.querySync({ name, path }).state === "granted";
 }
 
 function need(name: "read" | "write", path: string): void {
@@ -108,9 +114,14 @@ export function validatePaths(
   const man = resolvePhysical(manifest ?? defaultManifestPath(replica));
   checkPermissions([man], writes ? [man] : []);
   if (extra.logFile) checkPermissions([], [resolvePhysical(extra.logFile)]);
-  for (const [label, p] of [["Manifest", man], ["Log file", extra.logFile]] as const) {
+  const checks = [
+    ["Manifest", man],
+    ["Manifest index", indexPathFor(man)],
+    ["Log file", extra.logFile],
+  ] as const;
+  for (const [label, p] of checks) {
     if (!p) continue;
-    const abs = label === "Manifest" ? p : resolvePhysical(p);
+    const abs = label === "Log file" ? resolvePhysical(p) : p;
     if (isInside(abs, src) || isInside(abs, rep)) {
       throw new UnsafeConfigError(
         `${label} '${p}' must be outside the source and the replica (it would be ${

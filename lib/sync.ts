@@ -17,7 +17,7 @@ import {
   writeManifest,
 } from "./manifest.ts";
 import { countOps, isTempPath, type Op, type Plan, plan } from "./plan.ts";
-import { type SyncPaths, validatePaths } from "./paths.ts";
+import { granted, type SyncPaths, validatePaths } from "./paths.ts";
 import {
   decodeIndex,
   indexPathFor,
@@ -195,6 +195,19 @@ function inOnly(p: string, roots: Set<string>): boolean {
   return false;
 }
 
+/** {@linkcode inOnly} with the answer per folder remembered (a tree has far fewer folders). */
+function inOnlyMemo(roots: Set<string>): (p: string) => boolean {
+  const dirs = new Map<string, boolean>();
+  return (p) => {
+    if (roots.has(p)) return true;
+    const d = parentOf(p);
+    if (d === "") return false;
+    let v = dirs.get(d);
+    if (v === undefined) dirs.set(d, v = inOnly(d, roots));
+    return v;
+  };
+}
+
 /** Trees from the manifest for everything outside `roots`, fresh scans inside. */
 function mergePartial(
   old: Manifest,
@@ -203,11 +216,20 @@ function mergePartial(
   side: "src" | "dst",
 ): Tree {
   const t: Tree = new Map();
+  const under = inOnlyMemo(roots);
   for (const [p, n] of old.entries) {
-    if (inOnly(p, roots)) continue;
+    if (under(p)) continue;
     if (n.type === "file") {
       const c = old.cache.get(p);
-      t.set(p, { ...n, fp: side === "src" ? c?.src : c?.dst });
+      t.set(p, {
+        type: "file",
+        size: n.size,
+        mtime: n.mtime,
+        mode: n.mode,
+        sha256: n.sha256,
+        fp: side === "src" ? c?.src : c?.dst,
+        hashedAt: undefined,
+      });
     } else t.set(p, n);
   }
   for (const [p, n] of fresh) t.set(p, n);
@@ -440,10 +462,14 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   let only = options.only;
   let quick: "none" | "changes" | "nothing" = "none";
   let repQuickInWorker = false;
-  if (replicaExists && manifestStat && !options.checksum && !options.only) {
+  const indexPath = indexPathFor(manifestPath);
+  if (
+    replicaExists && manifestStat && !options.checksum && !options.only &&
+    granted("read", indexPath)
+  ) {
     let indexBytes: Uint8Array | undefined;
     try {
-      indexBytes = Deno.readFileSync(indexPathFor(manifestPath));
+      indexBytes = Deno.readFileSync(indexPath);
       ix = decodeIndex(indexBytes, manifestStat);
     } catch { /* no index: the manifest is read below */ }
     if (ix) {
@@ -521,8 +547,10 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   const replicaIssues = repScan.issues.filter((i) => i.level === "error");
   // --checksum trusts no recorded hash on either side: what the plan uses gets re-read.
   if (!options.checksum) {
-    reuseSourceHashes(src, old, now);
-    reuseReplicaHashes(rep, old);
+    // Entries taken from the manifest (outside the re-scanned roots) carry their hashes
+    // already: only freshly scanned nodes need the cache.
+    reuseSourceHashes(srcScan.tree, old, now);
+    reuseReplicaHashes(repScan.tree, old);
   }
   mark("cache");
   const unchanged = !options.checksum && replicaIssues.length === 0 &&
@@ -672,13 +700,13 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     }
   }
   // The index follows the manifest it compiles (and is rebuilt when missing or stale).
-  if (report.manifestWritten || (!ix && old && !changed)) {
+  if ((report.manifestWritten || (!ix && old && !changed)) && granted("write", indexPath)) {
     next.digest ??= report.digest;
     const e = writeIndex(manifestPath, next);
     if (e) {
       logEvent("debug", {
         event: "index-failed",
-        path: indexPathFor(manifestPath),
+        path: indexPath,
         message: `cannot write the manifest index: ${
           errorMessage(e)
         } (the next run reads the manifest)`,

@@ -537,6 +537,8 @@ class Fuzzer {
         [1, "no-manifest"],
         [1, "bad-manifest"],
         [2, "stale-manifest"],
+        [1, "no-index"],
+        [1, "bad-index"],
       ]);
       const fileP = files.length ? this.rng.pick(files).path : undefined;
       const dirP = dirs.length ? this.rng.pick(dirs).path : undefined;
@@ -641,6 +643,18 @@ class Fuzzer {
           Deno.writeTextFileSync(manifest, '{"version": 1, "entr');
           this.log.push(`replica: manifest truncated`);
           break;
+        case "no-index":
+        case "bad-index": {
+          const idx = manifest.replace(/\.json$/, ".idx");
+          if (!exists(idx)) break;
+          if (kind === "no-index") Deno.removeSync(idx);
+          else {
+            const b = Deno.readFileSync(idx);
+            Deno.writeFileSync(idx, b.subarray(0, this.rng.int(0, b.length - 1)));
+          }
+          this.log.push(`replica: manifest index ${kind === "no-index" ? "deleted" : "truncated"}`);
+          break;
+        }
       }
     }
   }
@@ -690,7 +704,7 @@ async function checkedSync(
   const temps = Object.keys(rep).filter((p) => p.split("/").pop()!.startsWith(".mimeo-tmp-"));
   assertEquals(temps, [], `${ctx()}\ntemporary files left in the replica`);
   const beside = [...Deno.readDirSync(s.base)].map((e) => e.name)
-    .filter((n) => n.startsWith("dst.mimeo.json.tmp"));
+    .filter((n) => n.startsWith("dst.mimeo.json.tmp") || n.startsWith("dst.mimeo.idx.tmp"));
   assertEquals(beside, [], `${ctx()}\ntemporary manifest files left beside the replica`);
   assertSame(
     snapshot(s.outside),

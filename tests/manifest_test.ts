@@ -148,3 +148,33 @@ Deno.test("parseManifest() gives the same result for the canonical and any other
     }
   }
 });
+
+Deno.test("serializeManifest() writes any name as JSON.stringify would, and the digest as treeDigest() does", () => {
+  const names = ["データ/é", "😀".repeat(40), "tab\there", 'q"b\\', "line\u2028sep", "lone\ud800"];
+  const entries: Tree = new Map();
+  names.forEach((p, i) =>
+    entries.set(p, {
+      type: "file",
+      size: 2 ** 40 + i,
+      mtime: i === 0 ? -86_400_000 : 1700000000000 + i,
+      mode: 0o640,
+      sha256: H,
+    })
+  );
+  entries.set("link é", { type: "symlink", target: "データ\u0007" });
+  const cache = new Map([[names[1], { dst: [2 ** 33, 1700000001000] as const }]]);
+  const m = { entries, cache };
+  const text = serializeManifest(m, true);
+  const raw = JSON.parse(text);
+  for (const [p, n] of entries) {
+    // Every key and value is what the JSON encoder itself would write.
+    assert(text.includes(`${JSON.stringify(p)}: `), `key ${JSON.stringify(p)}`);
+    if (n.type === "file") {
+      assertEquals([raw.entries[p].size, raw.entries[p].mtime], [n.size, n.mtime]);
+    }
+  }
+  assertEquals(raw.cache[names[1]], [2 ** 33, 1700000001000]);
+  assertEquals(raw.entries["link é"].target, "データ\u0007");
+  assertEquals(raw.digest, treeDigest(entries));
+  assertEquals(parseManifest(text, "m", true).entries, entries);
+});

@@ -121,6 +121,13 @@ Deno.test("refuses a manifest or log file inside the source or the replica", asy
     /Log file .* must be outside/,
   );
   await assertRefused(p, [...base, "--log", `${p}/missing/log.jsonl`], 2, /Cannot open log file/);
+  // The manifest's index (its path with .json replaced by .idx) must not be the replica.
+  await assertRefused(
+    p,
+    ["sync", `${p}/src`, `${p}/rep.idx`, "--manifest", `${p}/rep.json`],
+    2,
+    /Manifest index .* must be outside/,
+  );
 });
 
 Deno.test("refuses unknown options, malformed values and conflicting options", async () => {
