@@ -266,7 +266,7 @@ function toolCommand(
   }
 }
 
-/** mimeo keeps its manifest beside the replica: `DST.mimeo.json` (plus any temp siblings). */
+/** mimeo keeps its manifest and index beside the replica: `DST.mimeo.json`, `DST.mimeo.idx` (plus any temp siblings). */
 async function resetReplica(tool: Tool, dst: string): Promise<void> {
   await removeParallel([dst]);
   if (tool !== "mimeo") return;

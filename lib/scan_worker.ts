@@ -99,8 +99,11 @@ interface QuickRequest {
   root: string;
   /** Absent when nothing is excluded. */
   filter?: FilterOptions;
-  /** The index file's bytes, and the manifest's stat they must belong to. */
-  index: Uint8Array;
+  /**
+   * The index file (read here rather than sent: a copy of it would stay on both sides),
+   * and the stat of the manifest it must belong to; a different index is not used.
+   */
+  indexPath: string;
   manifestStat: Deno.FileInfo;
   now: number;
 }
@@ -189,7 +192,7 @@ if (WorkerGlobal !== undefined && globalThis instanceof WorkerGlobal) {
       const req = ev.data;
       const exclude = req.filter && (await import("./filter.ts")).buildFilter(req.filter);
       if (req.kind === "quick") {
-        const ix = decodeIndex(req.index, req.manifestStat);
+        const ix = decodeIndex(Deno.readFileSync(req.indexPath), req.manifestStat);
         const changed = ix &&
           quickCheck(req.root, ix, indexLookup(ix), {
             side: "replica",

@@ -478,7 +478,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
         ? quickCheckInWorker({
           root: replica,
           filter: exclude && filterOptions,
-          index: indexBytes!,
+          indexPath,
           manifestStat,
           now,
         }, options.signal).catch((e) => {
