@@ -50,8 +50,7 @@ export function granted(name: "read" | "write", path: string): boolean {
 }
 
 function need(name: "read" | "write", path: string): void {
-  const st = Deno.permissions.querySync({ name, path });
-  if (st.state !== "granted") {
+  if (!granted(name, path)) {
     throw new PermissionMissingError(
       `mimeo needs --allow-${name} for '${path}' (run it with --allow-read --allow-write)`,
     );

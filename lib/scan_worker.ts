@@ -11,7 +11,7 @@
 // Imports stay minimal here: each one adds to the worker's start-up (the gitignore
 // matcher alone costs ~30 ms, so it is loaded only when there are patterns).
 import type { FilterOptions } from "./filter.ts";
-import { decodeIndex } from "./manifest_index.ts";
+import { readIndex } from "./manifest_index.ts";
 import { indexLookup, quickCheck } from "./quick_check.ts";
 import { scanTree } from "./scan.ts";
 import type { Node, ScanIssue, Tree } from "./types.ts";
@@ -192,7 +192,7 @@ if (WorkerGlobal !== undefined && globalThis instanceof WorkerGlobal) {
       const req = ev.data;
       const exclude = req.filter && (await import("./filter.ts")).buildFilter(req.filter);
       if (req.kind === "quick") {
-        const ix = decodeIndex(Deno.readFileSync(req.indexPath), req.manifestStat);
+        const ix = readIndex(req.indexPath, req.manifestStat);
         const changed = ix &&
           quickCheck(req.root, ix, indexLookup(ix), {
             side: "replica",

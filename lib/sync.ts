@@ -18,12 +18,7 @@ import {
 } from "./manifest.ts";
 import { countOps, isTempPath, type Op, type Plan, plan } from "./plan.ts";
 import { granted, type SyncPaths, validatePaths } from "./paths.ts";
-import {
-  decodeIndex,
-  indexPathFor,
-  indexToManifest,
-  type ManifestIndex,
-} from "./manifest_index.ts";
+import { indexPathFor, indexToManifest, type ManifestIndex, readIndex } from "./manifest_index.ts";
 import { indexLookup, quickCheck } from "./quick_check.ts";
 import {
   isTrustworthy,
@@ -467,14 +462,11 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     replicaExists && manifestStat && !options.checksum && !options.only &&
     granted("read", indexPath)
   ) {
-    let indexBytes: Uint8Array | undefined;
-    try {
-      indexBytes = Deno.readFileSync(indexPath);
-      ix = decodeIndex(indexBytes, manifestStat);
-    } catch { /* no index: the manifest is read below */ }
+    ix = readIndex(indexPath, manifestStat);
     if (ix) {
-      // The replica on the second core when large, the source here.
-      const inWorker = indexBytes!.length >= minBytes
+      // The replica on the second core when large (the same rule as for a full scan), the
+      // source here.
+      const inWorker = manifestStat.size >= minBytes
         ? quickCheckInWorker({
           root: replica,
           filter: exclude && filterOptions,
@@ -627,11 +619,8 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   report.hashed = hashed;
   report.scannedInWorker = repScanFromWorker || repQuickInWorker;
   report.check = quick === "changes" ? "quick" : "full";
-  if (dryRun) {
-    report.durationMs = performance.now() - t0;
-    report.exitCode = sourceErrors ? ExitCode.PartialFailure : ExitCode.Ok;
-    return report;
-  }
+  if (sourceErrors) report.exitCode = ExitCode.PartialFailure;
+  if (dryRun) return finish(report, t0, marks);
 
   if (!replicaExists) Deno.mkdirSync(replica, { recursive: true });
   const target = new FsTarget(replica);
@@ -714,7 +703,6 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     }
   }
   mark("record");
-  if (sourceErrors) report.exitCode = ExitCode.PartialFailure;
   return finish(report, t0, marks);
 }
 
@@ -742,7 +730,7 @@ function newReport(paths: SyncPaths, dryRun: boolean, entries: number): SyncRepo
   };
 }
 
-/** Log the timings and the summary of a finished run. */
+/** Log the timings and the summary of a finished run (a dry run logs neither). */
 function finish(report: SyncReport, t0: number, marks: Record<string, number>): SyncReport {
   const check = report.check;
   report.durationMs = performance.now() - t0;
@@ -750,6 +738,7 @@ function finish(report: SyncReport, t0: number, marks: Record<string, number>): 
   logEvent("debug", {
     event: "timings",
     ms: marks,
+    check,
     replicaScan: report.scannedInWorker ? "worker" : "main",
     message: `timings (ms): ${JSON.stringify(marks)}; ${check} check${
       report.scannedInWorker ? ", replica walked in a worker" : ""

@@ -20,6 +20,7 @@ import {
   assert,
   assertEquals,
   assertMirror,
+  exists,
   jsonLines,
   mimeo,
   tempDir,
@@ -120,7 +121,7 @@ Deno.test("quickCheck() lists exactly the paths that may differ, one path per ne
     "link": { link: "keep.txt" },
   });
   const { src, man } = p;
-  const ix = readIndex(man);
+  const ix = readIndex(p.idx, Deno.statSync(man));
   assert(ix, "the first sync wrote an index");
   const lookup = indexLookup(ix);
   const now = Date.now();
@@ -236,4 +237,27 @@ Deno.test("sync() quick-checks the replica on a second thread with the same resu
   assertEquals([r.check, r.scannedInWorker, r.exitCode], ["quick", true, 0]);
   assertEquals(r.done.update + r.done.copy + r.done.mkdir, 2 + 1);
   assertMirror(src, dst);
+});
+
+Deno.test("the index is optional: denied to mimeo, it is neither read nor written and runs scan in full", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`, log = `${d.path}/log.jsonl`;
+  const idx = `${dst}.mimeo.idx`;
+  writeTree(src, { "a.txt": "a", "d/b.txt": "b" });
+  const permissions = ["--allow-read", "--allow-write", `--deny-write=${idx}`];
+  for (let run = 1; run <= 2; run++) {
+    const r = await mimeo(["sync", src, dst, "--log", log], { permissions });
+    assertEquals(r.code, 0, r.stderr);
+    assertMirror(src, dst);
+    assertEquals(lastSummary(log).check, "full");
+  }
+  assert(!exists(idx), "no index written");
+  // Allowed again: the next run writes it, and the one after is quick.
+  await mimeo(["sync", src, dst, "-q"]);
+  assert(exists(idx));
+  const r = await mimeo(["sync", src, dst, "--log", log], {
+    permissions: ["--allow-read", "--allow-write", `--deny-read=${idx}`],
+  });
+  assertEquals(r.code, 0, r.stderr);
+  assertEquals(lastSummary(log).check, "full", "an unreadable index is not used");
 });
