@@ -79,7 +79,7 @@ async function runSync(cmd: Extract<Command, { command: "sync" | "plan" }>): Pro
   validatePaths(cmd.source, cmd.replica, cmd.manifest, { logFile: isSync?.log, writes: !dryRun });
   let close: () => void;
   try {
-    close = configureLogging({
+    close = await configureLogging({
       console: cmd.verbosity,
       logFile: isSync?.log
         ? {

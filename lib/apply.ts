@@ -11,13 +11,42 @@
 import { errorCode, errorMessage } from "./errors.ts";
 import { type LogEvent, logEvent } from "./log.ts";
 import { modeString } from "./manifest.ts";
-import { applyOp, countOps, type Op, type Plan } from "./plan.ts";
+import { CopyHelper, type CopyJob } from "./copy_worker.ts";
+import { applyOp, type CopyOp, countOps, type Op, type Plan } from "./plan.ts";
 import { nodeFromStat } from "./scan.ts";
-import { type PendingWrite, type Target, yieldToEventLoop } from "./target_fs.ts";
-import type { FileNode, Tree } from "./types.ts";
+import {
+  KERNEL_COPY_MIN_BYTES,
+  type PendingWrite,
+  type Target,
+  yieldToEventLoop,
+} from "./target_fs.ts";
+import { type FileNode, parentOf, type Tree } from "./types.ts";
 
 /** How often a source file that keeps changing during its copy is tried. */
 export const COPY_ATTEMPTS = 3;
+
+/**
+ * A run of content operations gets a helper thread from this many small copies on: its
+ * start-up (~50 ms) must be paid back. Measured: see bench/README.md.
+ */
+export const HELPER_MIN_FILES = 256;
+
+/** A target whose copies a helper thread can share ({@linkcode FsTarget}). */
+interface HelperTarget {
+  prepareDir(dir: string): void;
+  tempPathFor(path: string): string;
+}
+
+function asHelperTarget(t: Target): HelperTarget | undefined {
+  const h = t as Partial<HelperTarget>;
+  return h.prepareDir && h.tempPathFor ? h as HelperTarget : undefined;
+}
+
+/** Operations that touch one path each, in folders that already exist. */
+function isContentOp(op: Op): boolean {
+  return op.op === "copy" || op.op === "update" || op.op === "symlink" ||
+    (op.op === "meta" && op.kind === "file");
+}
 
 /** One failed operation. */
 export interface OpFailure {
@@ -42,6 +71,11 @@ export interface ApplyOptions {
   /** Stops the run between operations (and inside large copies). */
   signal?: AbortSignal;
   progress?: ProgressFn;
+  /**
+   * Share runs of at least this many small copies with a helper thread.
+   * @default HELPER_MIN_FILES (Infinity: never)
+   */
+  helperMinFiles?: number;
 }
 
 /** What {@linkcode applyPlan} did. */
@@ -51,6 +85,10 @@ export interface ApplyReport {
   counts: Record<Op["op"], number>;
   failures: OpFailure[];
   bytesCopied: number;
+  /** Files copied by the helper thread (included in `counts`). */
+  copiedByHelper: number;
+  /** Files the helper thread handed back to this one (copied here, or failed here). */
+  handedBack: number;
   /** True when the signal stopped the run before the end of the plan. */
   stopped: boolean;
 }
@@ -143,13 +181,21 @@ export async function applyPlan(p: Plan, o: ApplyOptions): Promise<ApplyReport> 
   let done = 0;
   const counts = countOps([]);
   let bytesCopied = 0;
+  let copiedByHelper = 0;
+  let handedBackTotal = 0;
   let stopped = false;
   let lastYield = performance.now();
-  for (const op of p.ops) {
-    if (signal?.aborted) {
-      stopped = true;
-      break;
-    }
+
+  const succeeded = (op: Op, ev: LogEvent, node?: FileNode) => {
+    applyOp(state, op, node);
+    done++;
+    counts[op.op]++;
+    logEvent("info", ev);
+    o.progress?.({ ops: done + failures.length, bytes: bytesCopied });
+  };
+
+  /** Run one operation; false when the signal stopped it. */
+  const runOp = async (op: Op): Promise<boolean> => {
     try {
       let node: FileNode | undefined;
       const ev = eventOf(op);
@@ -196,15 +242,9 @@ export async function applyPlan(p: Plan, o: ApplyOptions): Promise<ApplyReport> 
           target.rmdir(op.path);
           break;
       }
-      applyOp(state, op, node);
-      done++;
-      counts[op.op]++;
-      logEvent("info", ev);
+      succeeded(op, ev, node);
     } catch (e) {
-      if (signal?.aborted && e === signal.reason) {
-        stopped = true;
-        break;
-      }
+      if (signal?.aborted && e === signal.reason) return false;
       const path = op.op === "rename" ? op.to : op.path;
       const f: OpFailure = { op: op.op, path, code: errorCode(e), message: errorMessage(e) };
       failures.push(f);
@@ -216,11 +256,101 @@ export async function applyPlan(p: Plan, o: ApplyOptions): Promise<ApplyReport> 
         code: f.code,
         error: f.message,
       });
+      o.progress?.({ ops: done + failures.length, bytes: bytesCopied });
     }
-    o.progress?.({ ops: done + failures.length, bytes: bytesCopied });
+    // Signals, timers and the copy helper's results get a turn now and then.
     if (performance.now() - lastYield > 50) {
       await yieldToEventLoop();
       lastYield = performance.now();
+    }
+    return true;
+  };
+
+  /**
+   * A run of content operations (copies, updates, file metadata, symlinks: all on
+   * different paths, in folders that exist) with many small copies: a helper thread takes
+   * copies from the same list while this thread does the rest and then copies too.
+   */
+  const runShared = async (run: Op[], helperTarget: HelperTarget): Promise<boolean> => {
+    const jobs: CopyJob[] = [];
+    const jobOps: CopyOp[] = [];
+    const here: Op[] = [];
+    for (const op of run) {
+      if ((op.op === "copy" || op.op === "update") && op.size < KERNEL_COPY_MIN_BYTES) {
+        try {
+          helperTarget.prepareDir(parentOf(op.path));
+        } catch {
+          here.push(op); // reported on the usual path
+          continue;
+        }
+        const n = o.src.get(op.path) as FileNode;
+        jobs.push({
+          path: op.path,
+          tmp: helperTarget.tempPathFor(op.path),
+          size: n.size,
+          mtime: n.mtime,
+          mode: n.mode,
+          fp: n.fp,
+        });
+        jobOps.push(op);
+      } else here.push(op);
+    }
+    const helper = new CopyHelper(target.root, o.sourceRoot, jobs, (d) => {
+      const op = jobOps[d.i];
+      const expect = o.src.get(op.path) as FileNode;
+      o.src.set(op.path, { ...expect, sha256: d.sha256, hashedAt: d.startedAt });
+      bytesCopied += d.size;
+      copiedByHelper++;
+      succeeded(op, { ...eventOf(op), bytes: d.size, sha256: d.sha256 }, {
+        ...expect,
+        sha256: d.sha256,
+        fp: d.fp,
+        hashedAt: d.doneAt,
+      });
+    });
+    let running = true;
+    for (const op of here) {
+      if (signal?.aborted || !(running = await runOp(op))) break;
+    }
+    for (let i: number | undefined; running && (i = helper.claim()) !== undefined;) {
+      if (signal?.aborted || !(running = await runOp(jobOps[i]))) break;
+    }
+    if (!running || signal?.aborted) helper.stop();
+    const handedBack = await helper.finished;
+    if (!running || signal?.aborted) return false;
+    handedBackTotal += handedBack.length;
+    for (const i of handedBack) {
+      if (signal?.aborted || !(await runOp(jobOps[i]))) return false;
+    }
+    return true;
+  };
+
+  const ops = p.ops;
+  for (let k = 0; k < ops.length; k++) {
+    if (signal?.aborted) {
+      stopped = true;
+      break;
+    }
+    const helperTarget = asHelperTarget(target);
+    if (helperTarget && isContentOp(ops[k])) {
+      let end = k;
+      let small = 0;
+      for (; end < ops.length && isContentOp(ops[end]); end++) {
+        const op = ops[end];
+        if ((op.op === "copy" || op.op === "update") && op.size < KERNEL_COPY_MIN_BYTES) small++;
+      }
+      if (small >= (o.helperMinFiles ?? HELPER_MIN_FILES)) {
+        if (!(await runShared(ops.slice(k, end), helperTarget))) {
+          stopped = true;
+          break;
+        }
+        k = end - 1;
+        continue;
+      }
+    }
+    if (!(await runOp(ops[k]))) {
+      stopped = true;
+      break;
     }
   }
   try {
@@ -228,5 +358,13 @@ export async function applyPlan(p: Plan, o: ApplyOptions): Promise<ApplyReport> 
   } catch (e) {
     failures.push({ op: "meta", path: ".", code: errorCode(e), message: errorMessage(e) });
   }
-  return { done, counts, failures, bytesCopied, stopped };
+  return {
+    done,
+    counts,
+    failures,
+    bytesCopied,
+    copiedByHelper,
+    handedBack: handedBackTotal,
+    stopped,
+  };
 }

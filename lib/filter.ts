@@ -1,10 +1,10 @@
 /**
  * Exclusion rules: `--exclude` globs and ignore files, both with `.gitignore` semantics,
- * matched by the `ignore` package (the matcher ESLint and Prettier use).
+ * matched by the `ignore` package (the matcher ESLint and Prettier use). The package is
+ * loaded only when there are rules: it adds ~10 ms to every start-up otherwise.
  *
  * @module
  */
-import ignore from "ignore";
 import { UsageError } from "./errors.ts";
 import type { PathFilter } from "./scan.ts";
 
@@ -29,17 +29,15 @@ export interface FilterOptions {
  *
  * @example
  * ```ts
- * const f = buildFilter({ patterns: ["*.log", "cache/"] })!;
+ * const f = (await buildFilter({ patterns: ["*.log", "cache/"] }))!;
  * f("a/x.log", false); // true
  * ```
  */
-export function buildFilter(options: FilterOptions): PathFilter | undefined {
-  const ig = ignore({ allowRelativePaths: false });
-  let rules = 0;
+export async function buildFilter(options: FilterOptions): Promise<PathFilter | undefined> {
+  const rules: string[] = [];
   for (const p of options.patterns ?? []) {
     if (p.trim() === "") throw new UsageError("--exclude needs a non-empty pattern");
-    ig.add(p);
-    rules++;
+    rules.push(p);
   }
   const files = [...(options.ignoreFiles ?? [])];
   if (options.sourceRoot) {
@@ -55,9 +53,11 @@ export function buildFilter(options: FilterOptions): PathFilter | undefined {
     } catch (e) {
       throw new UsageError(`Cannot read ignore file '${f}': ${(e as Error).message}`);
     }
-    ig.add(text);
-    rules++;
+    rules.push(text);
   }
-  if (rules === 0) return undefined;
+  if (rules.length === 0) return undefined;
+  const { default: ignore } = await import("ignore");
+  const ig = ignore({ allowRelativePaths: false });
+  for (const r of rules) ig.add(r);
   return (path, isDir) => ig.ignores(isDir ? `${path}/` : path);
 }

@@ -190,7 +190,7 @@ if (WorkerGlobal !== undefined && globalThis instanceof WorkerGlobal) {
   scope.onmessage = async (ev) => {
     try {
       const req = ev.data;
-      const exclude = req.filter && (await import("./filter.ts")).buildFilter(req.filter);
+      const exclude = req.filter && await (await import("./filter.ts")).buildFilter(req.filter);
       if (req.kind === "quick") {
         const ix = readIndex(req.indexPath, req.manifestStat);
         const changed = ix &&

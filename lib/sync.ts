@@ -103,6 +103,11 @@ export interface SyncOptions {
    * @default WORKER_MIN_MANIFEST_BYTES
    */
   workerMinManifestBytes?: number;
+  /**
+   * Share runs of at least this many small copies with a helper thread.
+   * @default HELPER_MIN_FILES
+   */
+  helperMinFiles?: number;
 }
 
 /** Progress of a run. */
@@ -139,6 +144,8 @@ export interface SyncReport {
   manifestWritten: boolean;
   /** Whether the replica was scanned on a second thread. */
   scannedInWorker: boolean;
+  /** Files copied by the helper thread (see `copy_worker.ts`); included in `done`. */
+  copiedByHelper: number;
   /**
    * How the run found what changed: `quick` when both sides were compared by stat with the
    * manifest index and only the differences were scanned; `full` when both were scanned.
@@ -427,7 +434,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     ignoreFiles: options.ignoreFiles,
     sourceRoot: source,
   };
-  const exclude = buildFilter(filterOptions);
+  const exclude = await buildFilter(filterOptions);
   let replicaExists = true;
   try {
     Deno.lstatSync(replica);
@@ -462,22 +469,25 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     replicaExists && manifestStat && !options.checksum && !options.only &&
     granted("read", indexPath)
   ) {
+    // The replica on the second core when large (the same rule as for a full scan), the
+    // source here. The worker starts first (it reads the index itself) so that its start-up
+    // overlaps this thread's reading of the index.
+    const inWorker = manifestStat.size >= minBytes
+      ? quickCheckInWorker({
+        root: replica,
+        filter: exclude && filterOptions,
+        indexPath,
+        manifestStat,
+        now,
+      }, options.signal).catch((e) => {
+        if (options.signal?.aborted) throw e;
+        return "failed" as const;
+      })
+      : undefined;
     ix = readIndex(indexPath, manifestStat);
+    // Without a usable index the worker finds none either, answers and ends.
+    if (!ix) inWorker?.catch(() => {});
     if (ix) {
-      // The replica on the second core when large (the same rule as for a full scan), the
-      // source here.
-      const inWorker = manifestStat.size >= minBytes
-        ? quickCheckInWorker({
-          root: replica,
-          filter: exclude && filterOptions,
-          indexPath,
-          manifestStat,
-          now,
-        }, options.signal).catch((e) => {
-          if (options.signal?.aborted) throw e;
-          return "failed" as const;
-        })
-        : undefined;
       mark("index");
       const lookup = indexLookup(ix);
       const check = (root: string, side: "source" | "replica") =>
@@ -630,6 +640,8 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     counts: countOps([]),
     failures: [],
     bytesCopied: 0,
+    copiedByHelper: 0,
+    handedBack: 0,
     stopped: false,
   };
   if (p.ops.length) {
@@ -650,6 +662,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
       state,
       signal: options.signal,
       progress: progressFn,
+      helperMinFiles: options.helperMinFiles,
     });
   }
   mark("apply");
@@ -657,6 +670,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   report.bytesCopied = applied.bytesCopied;
   report.stopped = applied.stopped;
   report.done = applied.counts;
+  report.copiedByHelper = applied.copiedByHelper;
 
   // Record: the manifest describes the replica as it now is.
   const next = unchanged ? old! : recordManifest(state, src, replica);
@@ -723,6 +737,7 @@ function newReport(paths: SyncPaths, dryRun: boolean, entries: number): SyncRepo
     entries,
     manifestWritten: false,
     scannedInWorker: false,
+    copiedByHelper: 0,
     check: "full",
     stopped: false,
     durationMs: 0,
@@ -740,9 +755,10 @@ function finish(report: SyncReport, t0: number, marks: Record<string, number>): 
     ms: marks,
     check,
     replicaScan: report.scannedInWorker ? "worker" : "main",
+    copiedByHelper: report.copiedByHelper,
     message: `timings (ms): ${JSON.stringify(marks)}; ${check} check${
       report.scannedInWorker ? ", replica walked in a worker" : ""
-    }`,
+    }${report.copiedByHelper ? `, ${report.copiedByHelper} files copied by the helper` : ""}`,
   });
   if (report.failures.length) report.exitCode = ExitCode.PartialFailure;
   logEvent(report.exitCode ? "warning" : "info", {

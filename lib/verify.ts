@@ -53,7 +53,10 @@ export async function buildManifest(
   options: BuildManifestOptions = {},
 ): Promise<BuiltManifest> {
   const root = requireDir(dir, "Folder");
-  const exclude = buildFilter({ patterns: options.exclude, ignoreFiles: options.ignoreFiles });
+  const exclude = await buildFilter({
+    patterns: options.exclude,
+    ignoreFiles: options.ignoreFiles,
+  });
   const { tree, issues } = scanTree(root, { exclude, signal: options.signal });
   let last = performance.now();
   for (const [p, n] of tree) {
@@ -119,7 +122,7 @@ export async function verify(replica: string, options: VerifyOptions = {}): Prom
     if (e instanceof ManifestError) throw new UsageError(e.message);
     throw e;
   }
-  const exclude = buildFilter({ patterns: options.exclude });
+  const exclude = await buildFilter({ patterns: options.exclude });
   const { tree, issues } = scanTree(root, { exclude, signal: options.signal });
   const mismatches: Mismatch[] = issues.filter((i) => i.level === "error").map((i) => ({
     path: i.path,

@@ -1,0 +1,176 @@
+/**
+ * The copy helper (`lib/copy_worker.ts`): a second thread that shares long runs of small
+ * copies. Whatever thread copies a file, the replica, the manifest and the report must be
+ * the same; whatever the helper cannot do must end up done (or reported) by the main thread.
+ */
+import { applyPlan } from "../lib/apply.ts";
+import { plan } from "../lib/plan.ts";
+import { scanTree } from "../lib/scan.ts";
+import { sync } from "../lib/sync.ts";
+import { FsTarget } from "../lib/target_fs.ts";
+import type { FileNode, Tree } from "../lib/types.ts";
+import {
+  ageTree,
+  assert,
+  assertEquals,
+  assertMatch,
+  assertMirror,
+  jsonLines,
+  mimeo,
+  tempDir,
+  writeTree,
+} from "./helpers.ts";
+
+type Spec = Parameters<typeof writeTree>[1];
+
+/** `n` small files in 20 folders, with odd names, modes and a few links. */
+function manyFiles(n: number): Spec {
+  const spec: Spec = {};
+  for (let i = 0; i < n; i++) {
+    const name = i % 50 === 0 ? `ünï "${i}" 'q'.txt` : `file-${i}.txt`;
+    spec[`d${i % 20}/sub ${i % 3}/${name}`] = `content ${i} `.repeat(i % 200);
+  }
+  spec["links/to-file"] = { link: "../d1/sub 1/file-1.txt" };
+  spec["links/dangling"] = { link: "nowhere" };
+  spec["empty/"] = null;
+  return spec;
+}
+
+/** Temporary files left anywhere under root. */
+function temps(root: string): string[] {
+  const out: string[] = [];
+  const walk = (abs: string) => {
+    for (const e of Deno.readDirSync(abs)) {
+      if (e.name.startsWith(".mimeo-tmp-")) out.push(`${abs}/${e.name}`);
+      if (e.isDirectory && !e.isSymlink) walk(`${abs}/${e.name}`);
+    }
+  };
+  walk(root);
+  return out;
+}
+
+Deno.test("sync() shares a long run of copies with the helper thread, with the same results", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  const n = 1500;
+  writeTree(src, {
+    ...manyFiles(n),
+    // Large enough for the kernel-copy path, which stays on the main thread.
+    "big/blob.bin": new Uint8Array(17 * 1024 * 1024).map((_, i) => (i * 31) & 0xff),
+  });
+  Deno.chmodSync(`${src}/d3/sub 0/file-3.txt`, 0o755);
+  Deno.chmodSync(`${src}/d4/sub 1/file-4.txt`, 0o600);
+  ageTree(src);
+  // Past the second of the files' ctime, so that their hashes may be trusted next time.
+  await new Promise((r) => setTimeout(r, 1100));
+  const r = await sync({ source: src, replica: dst, helperMinFiles: 1 });
+  assertEquals(r.exitCode, 0);
+  assertEquals(r.done.copy, n + 1);
+  assert(r.copiedByHelper > 0, "the helper copied nothing");
+  assert(r.copiedByHelper < n, "the main thread copied nothing");
+  assertMirror(src, dst);
+  assertEquals(temps(dst), []);
+  const v = await mimeo(["verify", dst]);
+  assertEquals(v.code, 0, v.stderr);
+  // What the helper recorded (hashes, source fingerprints) makes the next run a no-op
+  // that reads no source file again. (A replica file may be re-hashed once when the rename
+  // into place crossed a second: its ctime moved, as on the main thread's path.)
+  const again = await sync({ source: src, replica: dst, helperMinFiles: 1 });
+  assertEquals(again.exitCode, 0);
+  assertEquals(again.ops.length, 0);
+  assertEquals(again.hashed.source, 0);
+});
+
+Deno.test("files the helper hands back are copied by the main thread", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  const n = 1200;
+  writeTree(src, manyFiles(n));
+  ageTree(src);
+  const { tree } = scanTree(src);
+  // Every file looks changed since it was scanned (mtime off by 1 ms): the helper must
+  // hand each one it takes back; the main thread copies it again with a fresh stat.
+  const stale: Tree = new Map();
+  for (const [p, node] of tree) {
+    stale.set(p, node.type === "file" ? { ...node, mtime: node.mtime + 1 } as FileNode : node);
+  }
+  Deno.mkdirSync(dst);
+  const target = new FsTarget(Deno.realPathSync(dst));
+  const state: Tree = new Map();
+  const r = await applyPlan(plan(stale, state), {
+    sourceRoot: Deno.realPathSync(src),
+    target,
+    src: stale,
+    state,
+    helperMinFiles: 1,
+  });
+  assertEquals(r.failures, []);
+  assertEquals(r.counts.copy, n);
+  assertEquals(r.copiedByHelper, 0);
+  assert(r.handedBack > 0, "the helper took no file");
+  assertMirror(src, dst);
+  assertEquals(temps(dst), []);
+  // The replica state records the real mtimes, not the stale ones.
+  const one = "d1/sub 1/file-1.txt";
+  assertEquals(
+    (state.get(one) as FileNode).mtime,
+    Deno.lstatSync(`${src}/${one}`).mtime!.getTime(),
+  );
+});
+
+Deno.test("an unwritable folder fails per file on the helper path too", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  // The folders exist in the replica, so the helper gets their files (and cannot write them).
+  writeTree(src, {
+    "d0/keep.txt": "k",
+    "d7/sub 0/keep.txt": "k",
+    "d7/sub 1/keep.txt": "k",
+    "d7/sub 2/keep.txt": "k",
+  });
+  assertEquals((await mimeo(["sync", src, dst, "-q"])).code, 0);
+  // 600 new files (more than the default threshold), 30 of them in a folder Deno may not
+  // write to.
+  writeTree(src, manyFiles(600));
+  const r = await mimeo(["sync", src, dst, "--json", "-q"], {
+    permissions: ["--allow-read", "--allow-write", `--deny-write=${dst}/d7`],
+  });
+  assertEquals(r.code, 1, r.stderr);
+  const errors = r.stderr.split("\n").filter((l) => l.startsWith("error: copy 'd7/"));
+  assertEquals(errors.length, 30, r.stderr);
+  assertMatch(r.stderr, /error: copy 'd7\/sub 1\/file-\d+\.txt'/);
+  const summary = jsonLines(r.stdout)[0] as { failed: number; done: Record<string, number> };
+  assertEquals(summary.failed, 30);
+  assertEquals(Deno.readTextFileSync(`${dst}/d8/sub 2/file-8.txt`), "content 8 ".repeat(8));
+  assertEquals(temps(dst), []);
+  assertEquals((await mimeo(["verify", dst])).code, 0);
+  const again = await mimeo(["sync", src, dst, "-q"]);
+  assertEquals(again.code, 0, again.stderr);
+  assertMirror(src, dst);
+});
+
+Deno.test("a run stopped while the helper copies leaves a valid manifest and no temporary files", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  writeTree(src, manyFiles(3000));
+  ageTree(src);
+  const ac = new AbortController();
+  const r = await sync({
+    source: src,
+    replica: dst,
+    helperMinFiles: 1,
+    signal: ac.signal,
+    progress: (p) => {
+      if (p.phase === "apply" && p.opsDone >= 1000) ac.abort(new Error("stop"));
+    },
+  });
+  assert(r.stopped, "the run was not stopped");
+  assert(r.done.copy < 3000, `${r.done.copy} copied`);
+  assert(r.copiedByHelper > 0, "the helper copied nothing before the stop");
+  assertEquals(temps(dst), []);
+  const v = await mimeo(["verify", dst]);
+  assertEquals(v.code, 0, v.stderr);
+  const again = await mimeo(["sync", src, dst, "-q"]);
+  assertEquals(again.code, 0, again.stderr);
+  assertMirror(src, dst);
+});
