@@ -190,8 +190,8 @@ if (WorkerGlobal !== undefined && globalThis instanceof WorkerGlobal) {
   scope.onmessage = (ev) => {
     const req = ev.data;
     const ctrl = new Int32Array(req.ctrl);
-    const strings = req.paths.split("\0");
-    const n = strings.length / 2;
+    const n = req.nums.length / FIELDS;
+    const strings = n ? req.paths.split("\0") : [];
     let done: CopyDone[] = [];
     let handBack: number[] = [];
     let posted = performance.now();
