@@ -238,7 +238,9 @@ Deno.test("--watch repairs a real inotify overflow by its safety rescan", async 
     ]);
     await untilMirrored(src, dst, "initial sync");
     await sh(`echo ${original} > ${knob}`); // a watcher's queue size is fixed when it starts
-    for (let i = 0; i < 400; i++) Deno.writeTextFileSync(`${src}/f${i}.txt`, `${i}`);
+    // 2,000 files: with 400, the watcher once kept up with the whole burst (no overflow,
+    // so nothing for the rescan to prove).
+    for (let i = 0; i < 2000; i++) Deno.writeTextFileSync(`${src}/f${i}.txt`, `${i}`);
     await untilMirrored(src, dst, "burst mirrored after the overflow");
   } finally {
     await sh(`echo ${original} > ${knob}`);
