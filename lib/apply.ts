@@ -13,7 +13,7 @@ import { type LogEvent, logEvent } from "./log.ts";
 import { modeString } from "./manifest.ts";
 import { CopyHelper, type CopyJob } from "./copy_worker.ts";
 import { applyOp, type CopyOp, countOps, type Op, type Plan } from "./plan.ts";
-import { nodeFromStat } from "./scan.ts";
+import { nodeFromStat, sameStat } from "./scan.ts";
 import {
   KERNEL_COPY_MIN_BYTES,
   type PendingWrite,
@@ -27,7 +27,8 @@ export const COPY_ATTEMPTS = 3;
 
 /**
  * A run of content operations gets a helper thread from this many small copies on: its
- * start-up (~50 ms) must be paid back. Measured: see bench/README.md.
+ * start-up (24–46 ms until it answers) must be paid back. At 400 copies on ext4 it is
+ * neutral, on a whole first sync it more than halves the time (bench/README.md).
  */
 export const HELPER_MIN_FILES = 256;
 
@@ -40,6 +41,11 @@ interface HelperTarget {
 function asHelperTarget(t: Target): HelperTarget | undefined {
   const h = t as Partial<HelperTarget>;
   return h.prepareDir && h.tempPathFor ? h as HelperTarget : undefined;
+}
+
+/** A copy the helper thread may take (larger files go through the kernel, on this thread). */
+function isSmallCopy(op: Op): op is CopyOp {
+  return (op.op === "copy" || op.op === "update") && op.size < KERNEL_COPY_MIN_BYTES;
 }
 
 /** Operations that touch one path each, in folders that already exist. */
@@ -91,11 +97,6 @@ export interface ApplyReport {
   handedBack: number;
   /** True when the signal stopped the run before the end of the plan. */
   stopped: boolean;
-}
-
-function sameStat(n: FileNode, st: Deno.FileInfo): boolean {
-  return st.isFile && st.size === n.size && Math.trunc(st.mtime?.getTime() ?? 0) === n.mtime &&
-    (!n.fp || ((st.ino ?? 0) === n.fp[0] && (st.ctime?.getTime() ?? 0) === n.fp[1]));
 }
 
 /**
@@ -276,7 +277,7 @@ export async function applyPlan(p: Plan, o: ApplyOptions): Promise<ApplyReport> 
     const jobOps: CopyOp[] = [];
     const here: Op[] = [];
     for (const op of run) {
-      if ((op.op === "copy" || op.op === "update") && op.size < KERNEL_COPY_MIN_BYTES) {
+      if (isSmallCopy(op)) {
         try {
           helperTarget.prepareDir(parentOf(op.path));
         } catch {
@@ -326,19 +327,16 @@ export async function applyPlan(p: Plan, o: ApplyOptions): Promise<ApplyReport> 
   };
 
   const ops = p.ops;
+  const helperTarget = asHelperTarget(target);
   for (let k = 0; k < ops.length; k++) {
     if (signal?.aborted) {
       stopped = true;
       break;
     }
-    const helperTarget = asHelperTarget(target);
     if (helperTarget && isContentOp(ops[k])) {
       let end = k;
       let small = 0;
-      for (; end < ops.length && isContentOp(ops[end]); end++) {
-        const op = ops[end];
-        if ((op.op === "copy" || op.op === "update") && op.size < KERNEL_COPY_MIN_BYTES) small++;
-      }
+      for (; end < ops.length && isContentOp(ops[end]); end++) if (isSmallCopy(ops[end])) small++;
       if (small >= (o.helperMinFiles ?? HELPER_MIN_FILES)) {
         if (!(await runShared(ops.slice(k, end), helperTarget))) {
           stopped = true;

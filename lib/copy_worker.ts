@@ -17,6 +17,7 @@
  *
  * @module
  */
+import { sameStat } from "./scan.ts";
 import { commitTemp, KERNEL_COPY_MIN_BYTES, removeQuietly, writeTempSync } from "./target_fs.ts";
 import type { Fingerprint } from "./types.ts";
 
@@ -169,9 +170,7 @@ function copyOne(
     // Did the source change while it was copied? (See `copyFile` in apply.ts.)
     const after = Deno.lstatSync(src);
     if (
-      !after.isFile || after.size !== size || w.size !== size ||
-      Math.trunc(after.mtime?.getTime() ?? 0) !== mtime ||
-      (ino >= 0 && ((after.ino ?? 0) !== ino || (after.ctime?.getTime() ?? 0) !== ctime))
+      !sameStat({ size, mtime, fp: ino >= 0 ? [ino, ctime] : undefined }, after) || w.size !== size
     ) {
       removeQuietly(tmp);
       return undefined;

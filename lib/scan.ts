@@ -56,6 +56,16 @@ export interface ScanResult {
   issues: ScanIssue[];
 }
 
+/**
+ * Whether a file still has the stat it had when `n` was taken: a regular file with the
+ * same size and mtime and, when `n` has a fingerprint, the same inode and ctime. Used after
+ * a copy, to tell whether the source changed while it was read.
+ */
+export function sameStat(n: Pick<FileNode, "size" | "mtime" | "fp">, st: Deno.FileInfo): boolean {
+  return st.isFile && st.size === n.size && Math.trunc(st.mtime?.getTime() ?? 0) === n.mtime &&
+    (!n.fp || ((st.ino ?? 0) === n.fp[0] && (st.ctime?.getTime() ?? 0) === n.fp[1]));
+}
+
 /** The node for a stat result (`abs` is read only for symlinks), or `"special"`. */
 export function nodeFromStat(st: Deno.FileInfo, abs: string): Node | "special" {
   if (st.isFile) {

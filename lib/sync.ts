@@ -387,6 +387,15 @@ export function manifestsEqual(a: Manifest, b: Manifest): boolean {
   return true;
 }
 
+function exists(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 function summaryText(r: SyncReport): string {
   const d = r.done;
   const parts: string[] = [];
@@ -471,8 +480,8 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   ) {
     // The replica on the second core when large (the same rule as for a full scan), the
     // source here. The worker starts first (it reads the index itself) so that its start-up
-    // overlaps this thread's reading of the index.
-    const inWorker = manifestStat.size >= minBytes
+    // overlaps this thread's reading of the index; with no index file, it is not started.
+    const inWorker = manifestStat.size >= minBytes && exists(indexPath)
       ? quickCheckInWorker({
         root: replica,
         filter: exclude && filterOptions,
@@ -485,7 +494,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
       })
       : undefined;
     ix = readIndex(indexPath, manifestStat);
-    // Without a usable index the worker finds none either, answers and ends.
+    // With a stale or damaged index the worker finds it unusable too, answers and ends.
     if (!ix) inWorker?.catch(() => {});
     if (ix) {
       mark("index");
