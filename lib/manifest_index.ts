@@ -135,13 +135,19 @@ export function decodeIndex(
   return { paths, nums, sha, targets, digest };
 }
 
-/** The manifest an index holds, as the in-memory form the pipeline uses. */
-export function indexToManifest(ix: ManifestIndex): Manifest {
+/**
+ * The manifest an index holds, as the in-memory form the pipeline uses: all of it, or
+ * only the entries numbered in `which`.
+ */
+export function indexToManifest(ix: ManifestIndex, which?: readonly number[]): Manifest {
   const entries: Tree = new Map();
   const cache = new Map<string, CacheRecord>();
-  const hex = bytesToHex(ix.sha);
   const { paths, nums } = ix;
-  for (let i = 0; i < paths.length; i++) {
+  // One hex string for all hashes, sliced per file: a string per hash costs ~10× more.
+  const hex = which ? undefined : bytesToHex(ix.sha);
+  const n = which ? which.length : paths.length;
+  for (let k = 0; k < n; k++) {
+    const i = which ? which[k] : k;
     const o = i * INDEX_FIELDS;
     const kind = nums[o];
     let node: Node;
@@ -151,7 +157,9 @@ export function indexToManifest(ix: ManifestIndex): Manifest {
         size: nums[o + 2],
         mtime: nums[o + 3],
         mode: nums[o + 1],
-        sha256: hex.slice(i * 64, i * 64 + 64),
+        sha256: hex
+          ? hex.slice(i * 64, i * 64 + 64)
+          : bytesToHex(ix.sha.subarray(i * 32, i * 32 + 32)),
       };
       const dst = nums[o + 4] >= 0 ? [nums[o + 4], nums[o + 5]] as const : undefined;
       const src = nums[o + 6] >= 0 ? [nums[o + 6], nums[o + 7]] as const : undefined;

@@ -210,6 +210,70 @@ function inOnlyMemo(roots: Set<string>): (p: string) => boolean {
   };
 }
 
+/**
+ * The part of a manifest a run limited to `roots` works on: the entries inside the roots
+ * and the folders above them. Everything else is, on both sides, what the manifest says
+ * (that is what the quick check and the watcher establish), so the plan has nothing to do
+ * there: planning, hashing and recording only this part makes a small change cost in
+ * proportion to its size, not to the tree's (see {@linkcode spliceManifest}).
+ */
+export function manifestPart(m: Manifest, roots: Set<string>): Manifest {
+  const entries: Tree = new Map();
+  const cache = new Map<string, CacheRecord>();
+  const add = (p: string) => {
+    const n = m.entries.get(p);
+    if (!n) return;
+    entries.set(p, n);
+    const c = m.cache.get(p);
+    if (c) cache.set(p, c);
+  };
+  for (const r of roots) for (let d = parentOf(r); d !== ""; d = parentOf(d)) add(d);
+  const under = inOnlyMemo(roots);
+  for (const p of m.entries.keys()) if (under(p)) add(p);
+  return { entries, cache, digest: m.digest };
+}
+
+/** {@linkcode manifestPart} read straight from an index (no whole manifest is built). */
+export function indexPart(
+  ix: ManifestIndex,
+  lookup: Map<string, number>,
+  roots: Set<string>,
+): Manifest {
+  const picked: number[] = [];
+  for (const r of roots) {
+    for (let d = parentOf(r); d !== ""; d = parentOf(d)) {
+      const i = lookup.get(d);
+      if (i !== undefined) picked.push(i);
+    }
+  }
+  const under = inOnlyMemo(roots);
+  const paths = ix.paths;
+  for (let i = 0; i < paths.length; i++) if (under(paths[i])) picked.push(i);
+  return indexToManifest(ix, picked);
+}
+
+/**
+ * The whole manifest after a run limited to `roots`: `part` (the recorded part, see
+ * {@linkcode manifestPart}) inside the roots, `whole` (the manifest before the run)
+ * everywhere else.
+ */
+export function spliceManifest(whole: Manifest, part: Manifest, roots: Set<string>): Manifest {
+  const entries: Tree = new Map();
+  const cache = new Map<string, CacheRecord>();
+  const under = inOnlyMemo(roots);
+  const take = (m: Manifest, inside: boolean) => {
+    for (const [p, n] of m.entries) {
+      if (under(p) !== inside) continue;
+      entries.set(p, n);
+      const c = m.cache.get(p);
+      if (c) cache.set(p, c);
+    }
+  };
+  take(whole, false);
+  take(part, true);
+  return { entries, cache };
+}
+
 /** Trees from the manifest for everything outside `roots`, fresh scans inside. */
 function mergePartial(
   old: Manifest,
@@ -470,6 +534,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   // The quick path: with an index that matches the manifest, both sides are checked by
   // stat alone, and only what may differ is scanned, hashed and planned below.
   let ix: ManifestIndex | undefined;
+  let lookup: Map<string, number> | undefined;
   let only = options.only;
   let quick: "none" | "changes" | "nothing" = "none";
   let repQuickInWorker = false;
@@ -498,9 +563,9 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     if (!ix) inWorker?.catch(() => {});
     if (ix) {
       mark("index");
-      const lookup = indexLookup(ix);
+      lookup = indexLookup(ix);
       const check = (root: string, side: "source" | "replica") =>
-        quickCheck(root, ix!, lookup, { side, exclude, now, signal: options.signal });
+        quickCheck(root, ix!, lookup!, { side, exclude, now, signal: options.signal });
       const srcChanged = check(source, "source");
       mark("quickSource");
       let repChanged = await inWorker;
@@ -526,11 +591,21 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     ? scanInWorker({ root: replica, filter: exclude && filterOptions }, options.signal)
     : undefined;
   repInWorker?.catch(() => {}); // handled where awaited
-  const old = ix ? indexToManifest(ix) : loadManifest(manifestPath, replicaExists);
+  // With the run limited to roots, `old` is only the part of the manifest inside and above
+  // them (see manifestPart); `whole` gives the rest when the manifest is written.
+  const loaded = ix ? undefined : loadManifest(manifestPath, replicaExists);
+  const roots = (ix || loaded) && only ? new Set(normalizeOnly(only)) : undefined;
+  const old = roots
+    ? (ix ? indexPart(ix, lookup!, roots) : manifestPart(loaded!, roots))
+    : ix
+    ? indexToManifest(ix)
+    : loaded;
+  const whole = () => loaded ?? indexToManifest(ix!);
+  // Entries outside the roots: counted in the run's totals, never planned.
+  const outside = roots ? (ix ? ix.paths.length : loaded!.entries.size) - old!.entries.size : 0;
   mark("loadManifest");
 
   // Scan both sides (stat only).
-  const roots = old && only ? new Set(normalizeOnly(only)) : undefined;
   const srcScan = scanTree(source, { exclude, signal: options.signal, only: roots && [...roots] });
   let repScan: { tree: Tree; issues: ScanIssue[] } | undefined;
   let repScanFromWorker = false;
@@ -559,7 +634,8 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   // --checksum trusts no recorded hash on either side: what the plan uses gets re-read.
   if (!options.checksum) {
     // Entries taken from the manifest (outside the re-scanned roots) carry their hashes
-    // already: only freshly scanned nodes need the cache.
+    // already: only freshly scanned nodes need the cache. (A file moved in the source
+    // keeps its inode and is found under its old path, which is a root too: gone.)
     reuseSourceHashes(srcScan.tree, old, now);
     reuseReplicaHashes(repScan.tree, old);
   }
@@ -591,8 +667,8 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   const sourceErrors = issues.some((i) => i.level === "error");
 
   // Safety: an empty source must not silently wipe a mirror.
-  const repCount = [...rep.keys()].filter((p) => !isTempPath(p)).length;
-  if (src.size === 0 && repCount > 0 && !options.allowEmptySource && !sourceErrors) {
+  const repCount = outside + [...rep.keys()].filter((p) => !isTempPath(p)).length;
+  if (outside + src.size === 0 && repCount > 0 && !options.allowEmptySource && !sourceErrors) {
     throw new RefusedError(
       `Source '${options.source}' is empty but the replica holds ${repCount} entries; refusing to delete them all (is a drive unmounted?). Pass --allow-empty-source to mirror an empty folder`,
     );
@@ -628,7 +704,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     }
   }
 
-  const report = newReport(paths, dryRun, src.size);
+  const report = newReport(paths, dryRun, outside + src.size);
   report.ops = p.ops;
   report.scanIssues = [
     ...issues,
@@ -682,14 +758,18 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   report.copiedByHelper = applied.copiedByHelper;
 
   // Record: the manifest describes the replica as it now is.
-  const next = unchanged ? old! : recordManifest(state, src, replica);
+  const recorded = unchanged ? old! : recordManifest(state, src, replica);
   const changed = !unchanged &&
-    (!old || applied.done > 0 || applied.failures.length > 0 || !manifestsEqual(old, next));
+    (!old || applied.done > 0 || applied.failures.length > 0 || !manifestsEqual(old, recorded));
+  // A run limited to roots recorded only its part: spliced into the rest, when needed.
+  let spliced: Manifest | undefined;
+  const next = () =>
+    spliced ??= !roots ? recorded : changed ? spliceManifest(whole(), recorded, roots) : whole();
   // Unchanged: the recorded digest still holds, no need to hash 20k entries again.
-  report.digest = changed ? undefined : old?.digest ?? treeDigest(next.entries);
+  report.digest = changed ? undefined : old?.digest ?? treeDigest(next().entries);
   if (changed) {
     try {
-      report.digest = writeManifest(manifestPath, next);
+      report.digest = writeManifest(manifestPath, next());
       report.manifestWritten = true;
     } catch (e) {
       // The previous manifest is still in place (atomic write) and still safe to use: the
@@ -701,7 +781,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
         message: `cannot write the manifest: ${errorMessage(e)}`,
       };
       report.failures.push(f);
-      report.digest = treeDigest(next.entries);
+      report.digest = treeDigest(next().entries);
       logEvent("error", {
         event: "error",
         op: "manifest",
@@ -713,8 +793,8 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   }
   // The index follows the manifest it compiles (and is rebuilt when missing or stale).
   if ((report.manifestWritten || (!ix && old && !changed)) && granted("write", indexPath)) {
-    next.digest ??= report.digest;
-    const e = writeIndex(manifestPath, next);
+    next().digest ??= report.digest;
+    const e = writeIndex(manifestPath, next());
     if (e) {
       logEvent("debug", {
         event: "index-failed",

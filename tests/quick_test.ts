@@ -3,7 +3,7 @@
  * index and scans only what differs. These tests pin down when that path is taken, that
  * it sees every kind of change, and that a stale or damaged index is never trusted.
  */
-import { type Manifest, readManifest } from "../lib/manifest.ts";
+import { type Manifest, readManifest, writeIndex, writeManifest } from "../lib/manifest.ts";
 import {
   bytesToHex,
   decodeIndex,
@@ -14,7 +14,9 @@ import {
   readIndex,
 } from "../lib/manifest_index.ts";
 import { indexLookup, quickCheck } from "../lib/quick_check.ts";
-import { normalizeOnly } from "../lib/sync.ts";
+import type { CacheRecord } from "../lib/manifest.ts";
+import type { Node } from "../lib/types.ts";
+import { indexPart, manifestPart, normalizeOnly, spliceManifest } from "../lib/sync.ts";
 import {
   ageTree,
   assert,
@@ -108,6 +110,99 @@ Deno.test("normalizeOnly() keeps the outermost paths, sorted", () => {
     "c/d",
     "cd",
   ]);
+});
+
+Deno.test("manifestPart() and indexPart() take the roots and the folders above them; spliceManifest() puts a part back", async () => {
+  await using d = await tempDir();
+  const file = (n: number) => ({
+    type: "file" as const,
+    size: n,
+    mtime: 1000 + n,
+    mode: 0o644,
+    sha256: n.toString(16).padStart(2, "0").repeat(32),
+  });
+  const dir = { type: "dir" as const, mode: 0o755 };
+  const whole: Manifest = {
+    entries: new Map<string, Node>([
+      ["a", dir],
+      ["a/b", dir],
+      ["a/b/x", file(1)],
+      ["a/b.txt", file(2)],
+      ["a/c", file(3)],
+      ["c.txt", file(4)],
+      ["l", { type: "symlink", target: "c.txt" }],
+    ]),
+    cache: new Map([["a/b/x", { dst: [1, 2] }], ["a/c", { src: [3, 4] }]]),
+  };
+  const roots = new Set(["a/b", "l"]);
+  const part = manifestPart(whole, roots);
+  assertEquals([...part.entries.keys()].sort(), ["a", "a/b", "a/b/x", "l"]);
+  assertEquals([...part.cache.keys()], ["a/b/x"]);
+  // The same part read from the index.
+  const man = `${d.path}/m.json`;
+  writeManifest(man, whole);
+  assert(!writeIndex(man, whole));
+  const ix = readIndex(indexPathFor(man), Deno.statSync(man))!;
+  const fromIx = indexPart(ix, indexLookup(ix), roots);
+  assertEquals(new Map([...fromIx.entries].sort()), new Map([...part.entries].sort()));
+  const rows = (m: Manifest) => [...m.cache].map(([q, c]) => [q, c.dst, c.src]);
+  assertEquals(rows(fromIx), rows(part));
+  assertEquals(fromIx.digest, whole.digest);
+  // A run changed the part: a/b/x gone, a/b/y new, l retargeted; "a" above the roots is
+  // taken from the whole manifest, whatever the part says of it.
+  const after: Manifest = {
+    entries: new Map<string, Node>([
+      ["a", { type: "dir", mode: 0o700 }],
+      ["a/b", dir],
+      ["a/b/y", file(5)],
+      ["l", { type: "symlink", target: "a" }],
+    ]),
+    cache: new Map([["a/b/y", { dst: [5, 6] }]]),
+  };
+  const next = spliceManifest(whole, after, roots);
+  assertEquals(
+    new Map([...next.entries].sort()),
+    new Map([
+      ["a", dir],
+      ["a/b", dir],
+      ["a/b.txt", file(2)],
+      ["a/b/y", file(5)],
+      ["a/c", file(3)],
+      ["c.txt", file(4)],
+      ["l", { type: "symlink", target: "a" }],
+    ].sort() as [string, Node][]),
+  );
+  assertEquals(
+    new Map([...next.cache].sort()),
+    new Map(
+      [["a/b/y", { dst: [5, 6] }], ["a/c", { src: [3, 4] }]].sort() as [string, CacheRecord][],
+    ),
+  );
+});
+
+Deno.test("a quick run with changes counts, limits and records the whole tree, not just what changed", async () => {
+  await using p = await syncedPair({
+    "a/1.txt": "1",
+    "a/2.txt": "2",
+    "b/c/3.txt": "3",
+    "b/c/4.txt": "4",
+    "5.txt": "5",
+    "l": { link: "5.txt" },
+  });
+  const { src, dst, log, man } = p;
+  Deno.removeSync(`${src}/b/c/3.txt`);
+  Deno.writeTextFileSync(`${src}/b/c/6.txt`, "six");
+  // 1 deletion of 9 entries: 11%. Counted against the changed part only it would be 100%.
+  const r = await mimeo(["sync", src, dst, "--log", log, "--max-delete", "50%"]);
+  assertEquals(r.code, 0, r.stderr);
+  const s = lastSummary(log);
+  assertEquals([s.check, s.entries], ["quick", 9]);
+  assertMirror(src, dst);
+  const full = JSON.parse((await mimeo(["manifest", src])).stdout);
+  const written = readManifest(man);
+  assertEquals(written.digest, full.digest);
+  assertEquals(written.entries.size, 9);
+  assertEquals(s.digest, full.digest);
 });
 
 Deno.test("quickCheck() lists exactly the paths that may differ, one path per new or gone folder", async () => {
