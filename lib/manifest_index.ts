@@ -22,14 +22,19 @@
 import type { CacheRecord, Manifest } from "./manifest.ts";
 import type { Node, Tree } from "./types.ts";
 
-const MAGIC = "MIMEOIX1";
-const HEADER_BYTES = 96;
-/** Numbers per entry: type, mode, size, mtime, dst ino, dst ctime, src ino, src ctime. */
-export const INDEX_FIELDS = 8;
+const MAGIC = "MIMEOIX2";
+const HEADER_BYTES = 112;
+/**
+ * Numbers per entry: type, mode, size, mtime, dst ino, dst ctime, src ino, src ctime, then
+ * where the entry's line and its cache row are in the manifest file: entry start, entry
+ * length (from the start of the `entries` object's first line), cache start, cache length
+ * (from the start of the `cache` object's first line; length 0 when there is no row).
+ */
+export const INDEX_FIELDS = 12;
 /** Entry types in the `type` column. */
 export const Kind = { File: 0, Dir: 1, Symlink: 2 } as const;
 
-/** A loaded index: the manifest in columns. Entry `i` is `paths[i]`. */
+/** A loaded index: the manifest in columns. Entry `i` is `paths[i]`, in the manifest's order. */
 export interface ManifestIndex {
   paths: string[];
   /** {@linkcode INDEX_FIELDS} numbers per entry; a missing fingerprint is `-1, -1`. */
@@ -40,6 +45,9 @@ export interface ManifestIndex {
   targets: Map<number, string>;
   /** The manifest's digest, `sha256:<hex>`. */
   digest: string;
+  /** Byte offsets in the manifest file of the first entry line and the first cache row. */
+  entriesBase: number;
+  cacheBase: number;
 }
 
 /** Where the index of a manifest lives: the manifest's path with `.json` replaced by `.idx`. */
@@ -47,54 +55,64 @@ export function indexPathFor(manifestPath: string): string {
   return `${manifestPath.replace(/\.json$/, "")}.idx`;
 }
 
-function statKey(st: Deno.FileInfo): number[] {
+/** The manifest file's identity an index is tied to. */
+export function statKey(st: Deno.FileInfo): number[] {
   return [st.size, st.mtime?.getTime() ?? 0, st.ino ?? 0, st.ctime?.getTime() ?? 0];
 }
 
-/** Encode a manifest, tied to the manifest file's current stat. */
-export function encodeIndex(m: Manifest, manifestStat: Deno.FileInfo): Uint8Array {
-  if (!m.digest) throw new Error("the manifest has no digest");
-  const n = m.entries.size;
-  const paths: string[] = [];
-  const targets: string[] = [];
-  const nums = new Float64Array(n * INDEX_FIELDS);
-  const shaBytes = new Uint8Array(n * 32);
-  let i = 0;
-  for (const [p, node] of m.entries) {
-    paths.push(p);
-    const o = i * INDEX_FIELDS;
-    nums[o + 4] =
-      nums[o + 5] =
-      nums[o + 6] =
-      nums[o + 7] =
-        -1;
-    if (node.type === "file") {
-      nums[o] = Kind.File;
-      nums[o + 1] = node.mode;
-      nums[o + 2] = node.size;
-      nums[o + 3] = node.mtime;
-      const c = m.cache.get(p);
-      if (c?.dst) [nums[o + 4], nums[o + 5]] = c.dst;
-      if (c?.src) [nums[o + 6], nums[o + 7]] = c.src;
-      hexInto(node.sha256!, shaBytes, i * 32);
-    } else {
-      nums[o] = node.type === "dir" ? Kind.Dir : Kind.Symlink;
-      if (node.type === "dir") nums[o + 1] = node.mode;
-      else targets.push(node.target);
-    }
-    i++;
+/**
+ * Builds an index row by row, in the manifest's order, while the manifest is serialized
+ * (see `encodeManifest`): the offsets it records are those of the bytes being written.
+ */
+export class IndexBuilder {
+  readonly nums: Float64Array;
+  readonly sha: Uint8Array;
+  readonly #strings: string[] = [];
+  readonly #targets: string[] = [];
+
+  constructor(readonly count: number) {
+    this.nums = new Float64Array(count * INDEX_FIELDS);
+    this.sha = new Uint8Array(count * 32);
   }
-  const blob = new TextEncoder().encode([...paths, ...targets].join("\0"));
-  const total = HEADER_BYTES + nums.byteLength + shaBytes.length + blob.length;
-  const out = new Uint8Array(total);
-  out.set(new TextEncoder().encode(MAGIC), 0);
-  const head = new Float64Array(out.buffer, 8, 7);
-  head.set([n, ...statKey(manifestStat), blob.length, targets.length]);
-  out.set(hexToBytes(m.digest.slice("sha256:".length)), 64);
-  out.set(new Uint8Array(nums.buffer), HEADER_BYTES);
-  out.set(shaBytes, HEADER_BYTES + nums.byteLength);
-  out.set(blob, HEADER_BYTES + nums.byteLength + shaBytes.length);
-  return out;
+
+  /** Entry `i`'s path (rows are added in order) and symlink target. */
+  path(p: string, target?: string): void {
+    this.#strings.push(p);
+    if (target !== undefined) this.#targets.push(target);
+  }
+
+  /** Entry `i`'s hash from lower-case hex. */
+  shaHex(i: number, hex: string): void {
+    hexInto(hex, this.sha, i * 32);
+  }
+
+  /** The index, tied to the manifest file's stat right after it was written. */
+  finish(
+    digest: string,
+    entriesBase: number,
+    cacheBase: number,
+    manifestStat: Deno.FileInfo,
+  ): Uint8Array {
+    const n = this.count;
+    if (this.#strings.length !== n) throw new Error("index rows missing");
+    const blob = new TextEncoder().encode([...this.#strings, ...this.#targets].join("\0"));
+    const out = new Uint8Array(HEADER_BYTES + this.nums.byteLength + this.sha.length + blob.length);
+    out.set(new TextEncoder().encode(MAGIC), 0);
+    const head = new Float64Array(out.buffer, 8, 9);
+    head.set([
+      n,
+      ...statKey(manifestStat),
+      blob.length,
+      this.#targets.length,
+      entriesBase,
+      cacheBase,
+    ]);
+    out.set(hexToBytes(digest.slice("sha256:".length)), 80);
+    out.set(new Uint8Array(this.nums.buffer), HEADER_BYTES);
+    out.set(this.sha, HEADER_BYTES + this.nums.byteLength);
+    out.set(blob, HEADER_BYTES + this.nums.byteLength + this.sha.length);
+    return out;
+  }
 }
 
 /**
@@ -109,8 +127,8 @@ export function decodeIndex(
     return undefined;
   }
   // Copy the header so the Float64Array view is aligned whatever the buffer's offset.
-  const head = new Float64Array(bytes.slice(8, 64).buffer);
-  const [n, size, mtime, ino, ctime, blobLen, targetCount] = head;
+  const head = new Float64Array(bytes.slice(8, 80).buffer);
+  const [n, size, mtime, ino, ctime, blobLen, targetCount, entriesBase, cacheBase] = head;
   const key = statKey(manifestStat);
   if (size !== key[0] || mtime !== key[1] || ino !== key[2] || ctime !== key[3]) return undefined;
   const numBytes = n * INDEX_FIELDS * 8;
@@ -131,8 +149,8 @@ export function decodeIndex(
     if (nums[i * INDEX_FIELDS] === Kind.Symlink) targets.set(i, strings[t++]);
   }
   if (t !== n + targetCount) return undefined;
-  const digest = `sha256:${bytesToHex(bytes.subarray(64, 96))}`;
-  return { paths, nums, sha, targets, digest };
+  const digest = `sha256:${bytesToHex(bytes.subarray(80, 112))}`;
+  return { paths, nums, sha, targets, digest, entriesBase, cacheBase };
 }
 
 /**
@@ -207,7 +225,7 @@ export function hexToBytes(hex: string): Uint8Array {
 }
 
 /** Decode lower-case hex into `out` from `at`. */
-function hexInto(hex: string, out: Uint8Array, at: number): void {
+export function hexInto(hex: string, out: Uint8Array, at: number): void {
   for (let i = 0; i < hex.length >> 1; i++) {
     const a = hex.charCodeAt(2 * i), b = hex.charCodeAt(2 * i + 1);
     out[at + i] = ((a > 57 ? a - 87 : a - 48) << 4) | (b > 57 ? b - 87 : b - 48);

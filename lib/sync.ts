@@ -9,12 +9,14 @@ import { buildFilter } from "./filter.ts";
 import { formatBytes, logEvent } from "./log.ts";
 import {
   type CacheRecord,
+  type EncodedManifest,
+  encodeManifest,
   type Manifest,
   ManifestError,
   readManifest,
+  readPreviousManifest,
   treeDigest,
-  writeIndex,
-  writeManifest,
+  writeReplicaManifest,
 } from "./manifest.ts";
 import { countOps, isTempPath, type Op, type Plan, plan } from "./plan.ts";
 import { granted, type SyncPaths, validatePaths } from "./paths.ts";
@@ -761,16 +763,38 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   const recorded = unchanged ? old! : recordManifest(state, src, replica);
   const changed = !unchanged &&
     (!old || applied.done > 0 || applied.failures.length > 0 || !manifestsEqual(old, recorded));
-  // A run limited to roots recorded only its part: spliced into the rest, when needed.
-  let spliced: Manifest | undefined;
-  const next = () =>
-    spliced ??= !roots ? recorded : changed ? spliceManifest(whole(), recorded, roots) : whole();
   // Unchanged: the recorded digest still holds, no need to hash 20k entries again.
-  report.digest = changed ? undefined : old?.digest ?? treeDigest(next().entries);
-  if (changed) {
+  report.digest = changed ? undefined : old?.digest;
+  // The index is written with the manifest it compiles (it records where each line is),
+  // so a missing or stale one is made by writing the unchanged manifest again.
+  const indexOk = granted("write", indexPath);
+  if (changed || (!ix && old && indexOk)) {
+    let enc: EncodedManifest | undefined;
+    if (changed && roots && ix && manifestStat) {
+      // Only the roots' part was recorded: the rest is taken from the previous file as is.
+      const bytes = readPreviousManifest(manifestPath, manifestStat, ix);
+      const under = inOnlyMemo(roots);
+      try {
+        enc = bytes && encodeManifest(recorded, true, { ix, bytes, keep: (q) => !under(q) });
+      } catch { /* the file does not match its index after all: written in full below */ }
+    }
+    enc ??= encodeManifest(
+      !roots ? recorded : changed ? spliceManifest(whole(), recorded, roots) : whole(),
+      true,
+    );
+    report.digest = enc.digest;
     try {
-      report.digest = writeManifest(manifestPath, next());
+      const e = writeReplicaManifest(manifestPath, enc, indexOk);
       report.manifestWritten = true;
+      if (e) {
+        logEvent("debug", {
+          event: "index-failed",
+          path: indexPath,
+          message: `cannot write the manifest index: ${
+            errorMessage(e)
+          } (the next run reads the manifest)`,
+        });
+      }
     } catch (e) {
       // The previous manifest is still in place (atomic write) and still safe to use: the
       // next run checks every entry against the replica's stat before trusting it.
@@ -781,7 +805,6 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
         message: `cannot write the manifest: ${errorMessage(e)}`,
       };
       report.failures.push(f);
-      report.digest = treeDigest(next().entries);
       logEvent("error", {
         event: "error",
         op: "manifest",
@@ -791,20 +814,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
       });
     }
   }
-  // The index follows the manifest it compiles (and is rebuilt when missing or stale).
-  if ((report.manifestWritten || (!ix && old && !changed)) && granted("write", indexPath)) {
-    next().digest ??= report.digest;
-    const e = writeIndex(manifestPath, next());
-    if (e) {
-      logEvent("debug", {
-        event: "index-failed",
-        path: indexPath,
-        message: `cannot write the manifest index: ${
-          errorMessage(e)
-        } (the next run reads the manifest)`,
-      });
-    }
-  }
+  report.digest ??= treeDigest((roots ? whole() : recorded).entries);
   mark("record");
   return finish(report, t0, marks);
 }

@@ -3,11 +3,16 @@
  * index and scans only what differs. These tests pin down when that path is taken, that
  * it sees every kind of change, and that a stale or damaged index is never trusted.
  */
-import { type Manifest, readManifest, writeIndex, writeManifest } from "../lib/manifest.ts";
+import {
+  encodeManifest,
+  type Manifest,
+  readManifest,
+  readPreviousManifest,
+  writeReplicaManifest,
+} from "../lib/manifest.ts";
 import {
   bytesToHex,
   decodeIndex,
-  encodeIndex,
   hexToBytes,
   indexPathFor,
   indexToManifest,
@@ -22,9 +27,11 @@ import {
   assert,
   assertEquals,
   assertMirror,
+  envInt,
   exists,
   jsonLines,
   mimeo,
+  Rng,
   tempDir,
   writeTree,
 } from "./helpers.ts";
@@ -54,7 +61,7 @@ async function syncedPair(spec: Parameters<typeof writeTree>[1]) {
   };
 }
 
-Deno.test("encodeIndex() and decodeIndex() round-trip a manifest; a different manifest stat makes it stale", async () => {
+Deno.test("encodeManifest() builds the index, and decodeIndex() reads it back; a different manifest stat makes it stale", async () => {
   await using d = await tempDir();
   const man = `${d.path}/m.json`;
   Deno.writeTextFileSync(man, "{}");
@@ -78,7 +85,7 @@ Deno.test("encodeIndex() and decodeIndex() round-trip a manifest; a different ma
     digest: `sha256:${"cd".repeat(32)}`,
   };
   const st = Deno.statSync(man);
-  const bytes = encodeIndex(m, st);
+  const bytes = encodeManifest(m, true).index!(st);
   const ix = decodeIndex(bytes, st);
   assert(ix, "decodes against the same stat");
   const back = indexToManifest(ix);
@@ -140,8 +147,7 @@ Deno.test("manifestPart() and indexPart() take the roots and the folders above t
   assertEquals([...part.cache.keys()], ["a/b/x"]);
   // The same part read from the index.
   const man = `${d.path}/m.json`;
-  writeManifest(man, whole);
-  assert(!writeIndex(man, whole));
+  assertEquals(writeReplicaManifest(man, encodeManifest(whole, true), true), undefined);
   const ix = readIndex(indexPathFor(man), Deno.statSync(man))!;
   const fromIx = indexPart(ix, indexLookup(ix), roots);
   assertEquals(new Map([...fromIx.entries].sort()), new Map([...part.entries].sort()));
@@ -178,6 +184,109 @@ Deno.test("manifestPart() and indexPart() take the roots and the folders above t
       [["a/b/y", { dst: [5, 6] }], ["a/c", { src: [3, 4] }]].sort() as [string, CacheRecord][],
     ),
   );
+});
+
+Deno.test("encodeManifest() with the previous file writes the same bytes and index as in full", async () => {
+  await using d = await tempDir();
+  const man = `${d.path}/m.json`;
+  const rng = new Rng(envInt("MIMEO_SEED", 7));
+  const names = ["a", "b", "é", 'q"t', "z\\", "\u2028", "sp ace", "a.b", "a-b", "データ"];
+  const randomPath = () => {
+    const depth = rng.int(1, 3);
+    return Array.from({ length: depth }, () => rng.pick(names)).join("/");
+  };
+  const randomNode = (): Node =>
+    rng.weighted<() => Node>([
+      [6, () => ({
+        type: "file",
+        size: rng.int(0, 1e6),
+        mtime: rng.int(0, 2e12),
+        mode: rng.pick([0o644, 0o600, 0o755]),
+        sha256: bytesToHex(rng.bytes(32)),
+      })],
+      [1, () => ({ type: "symlink", target: rng.pick(names) })],
+    ])();
+  const randomCache = (): CacheRecord =>
+    rng.weighted<() => CacheRecord>([
+      [2, () => ({ dst: [rng.int(1, 1e9), rng.int(1, 2e12)] })],
+      [2, () => ({ dst: [rng.int(1, 1e9), rng.int(1, 2e12)], src: [rng.int(1, 1e9), 7] })],
+      [1, () => ({ src: [rng.int(1, 1e9), rng.int(1, 2e12)] })],
+    ])();
+  /** A manifest whose folders are those its paths need. */
+  const build = (paths: Iterable<string>, nodes: Map<string, Node>): Manifest => {
+    const entries = new Map<string, Node>();
+    const cache = new Map<string, CacheRecord>();
+    for (const p of paths) {
+      const parts = p.split("/");
+      for (let i = 1; i < parts.length; i++) {
+        entries.set(parts.slice(0, i).join("/"), { type: "dir", mode: 0o755 });
+      }
+    }
+    for (const p of paths) {
+      if (entries.has(p)) continue;
+      let n = nodes.get(p);
+      if (!n) nodes.set(p, n = randomNode());
+      entries.set(p, n);
+      if (n.type === "file" && rng.chance(0.7)) cache.set(p, randomCache());
+    }
+    return { entries, cache };
+  };
+  for (let round = 0; round < 60; round++) {
+    const nodes = new Map<string, Node>();
+    const before = build(Array.from({ length: rng.int(0, 40) }, randomPath), nodes);
+    const first = encodeManifest(before, true);
+    writeReplicaManifest(man, first, true);
+    const st = Deno.statSync(man);
+    const ix = readIndex(indexPathFor(man), st)!;
+    assert(ix, "the index was written");
+    // The roots: some entries that stay, are replaced or go, and some new paths.
+    const roots = new Set<string>();
+    for (const p of before.entries.keys()) if (rng.chance(0.15)) roots.add(p);
+    for (let i = rng.int(0, 3); i > 0; i--) roots.add(randomPath());
+    const under = (p: string) => [...roots].some((r) => p === r || p.startsWith(`${r}/`));
+    // Inside the roots: what a run recorded there (new nodes, some kept, some gone).
+    const after = new Map<string, Node>();
+    for (const p of before.entries.keys()) if (!under(p)) after.set(p, before.entries.get(p)!);
+    const fresh = new Map<string, Node>();
+    const inside = [...before.entries.keys()].filter(under).filter(() => rng.chance(0.5));
+    for (const r of roots) if (rng.chance(0.6)) inside.push(r, `${r}/${rng.pick(names)}`);
+    const part = build(inside.filter((p) => !after.has(p) || !under(p)), fresh);
+    for (const [p, n] of part.entries) if (under(p)) after.set(p, n);
+    const next: Manifest = { entries: new Map(), cache: new Map() };
+    // The expected whole: outside the roots from before, inside from the part.
+    for (const [p, n] of after) {
+      next.entries.set(p, n);
+      const c = under(p) ? part.cache.get(p) : before.cache.get(p);
+      if (c) next.cache.set(p, c);
+    }
+    // (A folder the part dropped may leave an entry outside the roots without its parent:
+    // the encoder does not care, and the comparison is what matters here.)
+    const bytes = readPreviousManifest(man, st, ix);
+    assert(bytes, "the previous file matches its index");
+    const spliced = encodeManifest(part, true, { ix, bytes, keep: (p) => !under(p) });
+    const full = encodeManifest(next, true);
+    const text = (e: { parts: Uint8Array[] }) =>
+      new TextDecoder().decode(new Uint8Array(e.parts.flatMap((b) => [...b])));
+    assertEquals(text(spliced), text(full), `round ${round}, roots ${[...roots]}`);
+    assertEquals(spliced.digest, full.digest);
+    assertEquals([...spliced.index!(st)], [...full.index!(st)], `index, round ${round}`);
+  }
+  // A previous file that does not match its index is refused, not copied from.
+  const m = build(["x/1", "x/2", "y"], new Map());
+  writeReplicaManifest(man, encodeManifest(m, true), true);
+  const st = Deno.statSync(man);
+  const ix = readIndex(indexPathFor(man), st)!;
+  const good = readPreviousManifest(man, st, ix)!;
+  assertEquals(readPreviousManifest(man, { ...st, size: st.size + 1 }, ix), undefined);
+  const shifted = new Uint8Array(good.length);
+  shifted.set(good.subarray(1), 0);
+  let threw = false;
+  try {
+    encodeManifest(build(["y"], new Map()), true, { ix, bytes: shifted, keep: (p) => p !== "y" });
+  } catch {
+    threw = true;
+  }
+  assert(threw, "a line that is not where the index says is not copied");
 });
 
 Deno.test("a quick run with changes counts, limits and records the whole tree, not just what changed", async () => {
