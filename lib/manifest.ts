@@ -21,7 +21,10 @@ import {
   IndexBuilder,
   indexPathFor,
   Kind,
+  LINE_FIELDS,
+  loadIndexDetails,
   type ManifestIndex,
+  readAt,
   statKey,
 } from "./manifest_index.ts";
 import type { Fingerprint, Node, Tree } from "./types.ts";
@@ -134,10 +137,10 @@ export function totalsOf(tree: Tree): Totals {
 /**
  * UTF-8 output in blocks of 1 MiB, written byte by byte (no intermediate strings). Blocks
  * are handed to `sink` (which must use them at once: the buffer is reused) or kept in
- * `blocks`, where {@linkcode Utf8Out.raw} can also put bytes from elsewhere, uncopied.
+ * `blocks`, where {@linkcode Utf8Out.range} can also put ranges of another file.
  */
 class Utf8Out {
-  readonly blocks: Uint8Array[] = [];
+  readonly blocks: Chunk[] = [];
   #buf = new Uint8Array(1 << 20);
   #pos = 0;
   /** Start of the bytes in `#buf` not handed out yet. */
@@ -174,11 +177,11 @@ class Utf8Out {
     return this.#out + this.#pos - this.#start;
   }
 
-  /** Bytes from elsewhere, kept as they are (not with a sink). */
-  raw(bytes: Uint8Array): void {
+  /** Bytes `[from, to)` of another file, to be copied when written (not with a sink). */
+  range(from: number, to: number): void {
     this.#flush();
-    this.blocks.push(bytes);
-    this.#out += bytes.length;
+    this.blocks.push({ from, to });
+    this.#out += to - from;
   }
 
   /** Text, UTF-8 encoded; ASCII is copied directly. */
@@ -238,7 +241,7 @@ class Utf8Out {
   }
 
   /** The remaining bytes (flushed to the sink, or appended to `blocks`). */
-  end(): Uint8Array[] {
+  end(): Chunk[] {
     this.#flush();
     return this.blocks;
   }
@@ -252,6 +255,9 @@ function modeText(mode: number): string {
   return MODE_TEXT[mode] ??= modeString(mode);
 }
 
+/** Bytes, or the range `[from, to)` of the previous manifest file (see `encodeManifest`). */
+export type Chunk = Uint8Array | { from: number; to: number };
+
 /**
  * The previous manifest file of a replica, for a write that keeps most of its entries: their
  * lines and cache rows are copied from it as bytes, not encoded again.
@@ -259,19 +265,21 @@ function modeText(mode: number): string {
 export interface PreviousManifest {
   /** Its index: rows in the file's order, with where each line is. */
   ix: ManifestIndex;
-  /** The file's bytes, exactly those the index was written with. */
-  bytes: Uint8Array;
+  /** The file, open ({@linkcode openPreviousManifest}); read when the result is written. */
+  file: Deno.FsFile;
   /** Which of its entries to keep; the manifest being written gives all the others. */
   keep: (path: string) => boolean;
 }
 
 /** A serialized manifest (see {@linkcode encodeManifest}). */
 export interface EncodedManifest {
-  /** The file's bytes, in order. */
-  parts: Uint8Array[];
+  /** The file's bytes, in order ({@linkcode chunkBytes} reads the ranges). */
+  parts: Chunk[];
   digest: string;
   /** Its index, given the file's stat once written (with the cache section only). */
-  index?: (manifestStat: Deno.FileInfo) => Uint8Array;
+  index?: (manifestStat: Deno.FileInfo) => Uint8Array[];
+  /** The file the ranges in `parts` are read from. */
+  previous?: Deno.FsFile;
 }
 
 /**
@@ -291,10 +299,11 @@ export function encodeManifest(
   withCache: boolean,
   previous?: PreviousManifest,
 ): EncodedManifest {
-  if (previous && !withCache) throw new Error("a previous manifest is for replica manifests");
+  if (previous && (!withCache || !loadIndexDetails(previous.ix))) {
+    throw new Error("a previous manifest needs its index and a cache section");
+  }
   const fresh = sortedPaths(m.entries).filter((p) => !previous?.keep(p));
   const ix = previous?.ix;
-  const old = previous?.bytes ?? new Uint8Array(0);
   const kept = new Int32Array(ix ? ix.paths.length : 0);
   let keptN = 0;
   if (ix) {
@@ -308,15 +317,9 @@ export function encodeManifest(
   const out = new Utf8Out();
   const t: Totals = { files: 0, dirs: 0, symlinks: 0, bytes: 0 };
   let rows = 0;
-  // Runs of previous lines and rows not copied yet: [from, to) in `old`.
+  // Runs of previous lines and rows not copied yet: [from, to) in the previous file.
   let eFrom = -1, eTo = -1, cFrom = -1, cTo = -1;
-  const copyRun = (o: Utf8Out, from: number, to: number) => {
-    // A line starts with its quoted path and is followed by ",\n" or the closing "\n".
-    if (old[from] !== 34 || (old[to] !== 44 && old[to] !== 10)) {
-      throw new Error("the previous manifest does not match its index");
-    }
-    o.raw(old.subarray(from, to));
-  };
+  const copyRun = (o: Utf8Out, from: number, to: number) => o.range(from, to);
   const flushRuns = () => {
     if (eFrom >= 0) copyRun(out, eFrom, eTo);
     if (cFrom >= 0) copyRun(cache, cFrom, cTo);
@@ -350,30 +353,34 @@ export function encodeManifest(
         dig.text(ix!.targets.get(i)!);
         dig.byte(0);
       }
-      const es = ix!.entriesBase + nums[o + 8];
-      if (eFrom >= 0 && es === eTo + 2) eTo = es + nums[o + 9];
+      const L = ix!.lines;
+      const l = i * LINE_FIELDS;
+      const es = ix!.entriesBase + L[l];
+      if (eFrom >= 0 && es === eTo + 2) eTo = es + L[l + 1];
       else {
         if (eFrom >= 0) copyRun(out, eFrom, eTo);
         if (k) out.text(",\n");
         eFrom = es;
-        eTo = es + nums[o + 9];
+        eTo = es + L[l + 1];
       }
       const N = idx!.nums;
       for (let f = 0; f < 8; f++) N[r + f] = nums[o + f];
-      N[r + 8] = out.length + es - eFrom;
-      N[r + 9] = nums[o + 9];
-      if (nums[o + 11] > 0) {
-        const cs = ix!.cacheBase + nums[o + 10];
-        if (cFrom >= 0 && cs === cTo + 2) cTo = cs + nums[o + 11];
+      const NL = idx!.lines;
+      const nl = k * LINE_FIELDS;
+      NL[nl] = out.length + es - eFrom;
+      NL[nl + 1] = L[l + 1];
+      if (L[l + 3] > 0) {
+        const cs = ix!.cacheBase + L[l + 2];
+        if (cFrom >= 0 && cs === cTo + 2) cTo = cs + L[l + 3];
         else {
           if (cFrom >= 0) copyRun(cache, cFrom, cTo);
           if (rows) cache.text(",\n");
           cFrom = cs;
-          cTo = cs + nums[o + 11];
+          cTo = cs + L[l + 3];
         }
         rows++;
-        N[r + 10] = cache.length + cs - cFrom;
-        N[r + 11] = nums[o + 11];
+        NL[nl + 2] = cache.length + cs - cFrom;
+        NL[nl + 3] = L[l + 3];
       }
       idx!.sha.set(ix!.sha.subarray(i * 32, i * 32 + 32), k * 32);
       idx!.path(p, kind === Kind.Symlink ? ix!.targets.get(i) : undefined);
@@ -423,9 +430,9 @@ export function encodeManifest(
           cache.int(c.src[1]);
         }
         cache.byte(93);
-        if (N) {
-          N[r + 10] = cstart;
-          N[r + 11] = cache.length - cstart;
+        if (idx) {
+          idx.lines[k * LINE_FIELDS + 2] = cstart;
+          idx.lines[k * LINE_FIELDS + 3] = cache.length - cstart;
         }
       }
       if (N) {
@@ -448,9 +455,9 @@ export function encodeManifest(
       out.text(`,"type":"symlink"}`);
       if (N) N[r] = Kind.Symlink;
     }
-    if (N) {
-      N[r + 8] = start;
-      N[r + 9] = out.length - start;
+    if (idx) {
+      idx.lines[k * LINE_FIELDS] = start;
+      idx.lines[k * LINE_FIELDS + 1] = out.length - start;
     }
     idx?.path(p, n.type === "symlink" ? n.target : undefined);
   }
@@ -458,12 +465,12 @@ export function encodeManifest(
   dig.end();
   const digest = `sha256:${h.digest("hex")}`;
   m.digest = digest;
-  const parts: Uint8Array[] = [];
+  const parts: Chunk[] = [];
   let size = 0;
-  const put = (...blocks: Uint8Array[]) => {
+  const put = (...blocks: Chunk[]) => {
     for (const block of blocks) {
       parts.push(block);
-      size += block.length;
+      size += block instanceof Uint8Array ? block.length : block.to - block.from;
     }
   };
   put(utf8.encode(`{\n"algorithm": "sha256",\n`));
@@ -487,24 +494,60 @@ export function encodeManifest(
     parts,
     digest,
     index: idx && ((st) => idx.finish(digest, entriesBase, cacheBase, st)),
+    previous: previous?.file,
   };
+}
+
+/**
+ * The bytes of an encoded manifest, block by block; the ranges of the previous file are
+ * read into one reused buffer (each block must be used before the next is asked for).
+ * Throws if a range is not a run of whole lines: the file does not match its index.
+ */
+export function* chunkBytes(enc: EncodedManifest): Generator<Uint8Array> {
+  let buf: Uint8Array | undefined;
+  for (const part of enc.parts) {
+    if (part instanceof Uint8Array) {
+      yield part;
+      continue;
+    }
+    const f = enc.previous!;
+    buf ??= new Uint8Array(1 << 20);
+    // One byte more than the range: a run of lines is followed by ",\n" or the closing "\n".
+    for (let at = part.from; at < part.to;) {
+      const n = Math.min(buf.length, part.to + 1 - at);
+      const got = readAt(f, at, buf.subarray(0, n));
+      const isLast = at + got >= part.to + 1;
+      if (
+        (at === part.from && buf[0] !== 34) ||
+        (isLast && buf[got - 1] !== 44 && buf[got - 1] !== 10) || (got < n)
+      ) throw new Error("the previous manifest does not match its index");
+      yield buf.subarray(0, isLast ? got - 1 : got);
+      at += got;
+    }
+  }
+}
+
+/** All of an encoded manifest's bytes in one array. */
+export function concatBytes(parts: Iterable<Uint8Array>): Uint8Array {
+  const list: Uint8Array[] = [];
+  for (const b of parts) list.push(b.slice()); // (copied at once: chunkBytes reuses its buffer)
+  const all = new Uint8Array(list.reduce((n, b) => n + b.length, 0));
+  let off = 0;
+  for (const b of list) {
+    all.set(b, off);
+    off += b.length;
+  }
+  return all;
 }
 
 /** The canonical JSON of a manifest as UTF-8 blocks (see {@linkcode encodeManifest}). */
 export function serializeManifestBytes(m: Manifest, withCache: boolean): Uint8Array[] {
-  return encodeManifest(m, withCache).parts;
+  return encodeManifest(m, withCache).parts as Uint8Array[];
 }
 
 /** The canonical JSON text of a manifest (see {@linkcode serializeManifestBytes}). */
 export function serializeManifest(m: Manifest, withCache: boolean): string {
-  const parts = serializeManifestBytes(m, withCache);
-  const all = new Uint8Array(parts.reduce((n, b) => n + b.length, 0));
-  let off = 0;
-  for (const b of parts) {
-    all.set(b, off);
-    off += b.length;
-  }
-  return new TextDecoder().decode(all);
+  return new TextDecoder().decode(concatBytes(serializeManifestBytes(m, withCache)));
 }
 
 const HEX64 = /^[0-9a-f]{64}$/;
@@ -630,7 +673,7 @@ export function readManifest(path: string, checkDigest = false): Manifest {
  */
 export function writeFileAtomicSync(
   path: string,
-  text: string | Uint8Array | (string | Uint8Array)[],
+  text: string | Uint8Array | Iterable<string | Uint8Array>,
 ): void {
   const tmp = `${path}.tmp-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
   const f = Deno.openSync(tmp, { write: true, createNew: true, mode: 0o644 });
@@ -667,7 +710,7 @@ export function writeFileAtomicSync(
  * that cannot be written is returned, not thrown.
  */
 export function writeReplicaManifest(path: string, enc: EncodedManifest, index: boolean): unknown {
-  writeFileAtomicSync(path, enc.parts);
+  writeFileAtomicSync(path, chunkBytes(enc));
   if (!index || !enc.index) return undefined;
   try {
     writeFileAtomicSync(indexPathFor(path), enc.index(Deno.statSync(path)));
@@ -678,38 +721,37 @@ export function writeReplicaManifest(path: string, enc: EncodedManifest, index: 
 }
 
 /**
- * The bytes of the manifest file at `path` if it is still the file with stat `st` that the
- * index `ix` was read for, and looks like it; undefined otherwise (never throws).
+ * The manifest file at `path`, open, if it is still the file with stat `st` that the index
+ * `ix` was read for and looks like it; undefined otherwise (never throws). The caller
+ * closes it.
  */
-export function readPreviousManifest(
+export function openPreviousManifest(
   path: string,
   st: Deno.FileInfo,
   ix: ManifestIndex,
-): Uint8Array | undefined {
+): Deno.FsFile | undefined {
+  let f: Deno.FsFile | undefined;
   try {
-    using f = Deno.openSync(path);
+    f = Deno.openSync(path);
     const key = statKey(f.statSync());
-    if (key.some((v, i) => v !== statKey(st)[i])) return undefined;
-    const bytes = new Uint8Array(st.size);
-    let off = 0;
-    while (off < bytes.length) {
-      const n = f.readSync(bytes.subarray(off));
-      if (n === null) return undefined;
-      off += n;
-    }
-    const at = (text: string, end: number) =>
-      utf8.encode(text).every((c, i) => bytes[end - text.length + i] === c);
-    return at('"entries": {\n', ix.entriesBase) && at('"cache": {\n', ix.cacheBase)
-      ? bytes
-      : undefined;
-  } catch {
-    return undefined;
-  }
+    const want = statKey(st);
+    const at = (text: string, end: number) => {
+      const b = utf8.encode(text);
+      const got = new Uint8Array(b.length);
+      return readAt(f!, end - b.length, got) === b.length && got.every((c, i) => c === b[i]);
+    };
+    if (
+      key.every((v, i) => v === want[i]) && at('"entries": {\n', ix.entriesBase) &&
+      at('"cache": {\n', ix.cacheBase)
+    ) return f;
+  } catch { /* not usable */ }
+  f?.close();
+  return undefined;
 }
 
 /** Write a manifest atomically; returns its digest. */
 export function writeManifest(path: string, m: Manifest, withCache = true): string {
   const enc = encodeManifest(m, withCache);
-  writeFileAtomicSync(path, enc.parts);
+  writeFileAtomicSync(path, chunkBytes(enc));
   return enc.digest;
 }

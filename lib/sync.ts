@@ -9,18 +9,23 @@ import { buildFilter } from "./filter.ts";
 import { formatBytes, logEvent } from "./log.ts";
 import {
   type CacheRecord,
-  type EncodedManifest,
   encodeManifest,
   type Manifest,
   ManifestError,
+  openPreviousManifest,
   readManifest,
-  readPreviousManifest,
   treeDigest,
   writeReplicaManifest,
 } from "./manifest.ts";
 import { countOps, isTempPath, type Op, type Plan, plan } from "./plan.ts";
 import { granted, type SyncPaths, validatePaths } from "./paths.ts";
-import { indexPathFor, indexToManifest, type ManifestIndex, readIndex } from "./manifest_index.ts";
+import {
+  indexPathFor,
+  indexToManifest,
+  loadIndexDetails,
+  type ManifestIndex,
+  readIndex,
+} from "./manifest_index.ts";
 import { indexLookup, quickCheck } from "./quick_check.ts";
 import {
   isTrustworthy,
@@ -595,6 +600,8 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   repInWorker?.catch(() => {}); // handled where awaited
   // With the run limited to roots, `old` is only the part of the manifest inside and above
   // them (see manifestPart); `whole` gives the rest when the manifest is written.
+  // The quick check read the index up to its paths; the hashes are needed from here on.
+  if (ix && !loadIndexDetails(ix)) ix = undefined;
   const loaded = ix ? undefined : loadManifest(manifestPath, replicaExists);
   const roots = (ix || loaded) && only ? new Set(normalizeOnly(only)) : undefined;
   const old = roots
@@ -769,22 +776,32 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   // so a missing or stale one is made by writing the unchanged manifest again.
   const indexOk = granted("write", indexPath);
   if (changed || (!ix && old && indexOk)) {
-    let enc: EncodedManifest | undefined;
-    if (changed && roots && ix && manifestStat) {
-      // Only the roots' part was recorded: the rest is taken from the previous file as is.
-      const bytes = readPreviousManifest(manifestPath, manifestStat, ix);
-      const under = inOnlyMemo(roots);
-      try {
-        enc = bytes && encodeManifest(recorded, true, { ix, bytes, keep: (q) => !under(q) });
-      } catch { /* the file does not match its index after all: written in full below */ }
-    }
-    enc ??= encodeManifest(
-      !roots ? recorded : changed ? spliceManifest(whole(), recorded, roots) : whole(),
-      true,
-    );
-    report.digest = enc.digest;
+    const full = () =>
+      encodeManifest(
+        !roots ? recorded : changed ? spliceManifest(whole(), recorded, roots) : whole(),
+        true,
+      );
+    // Only the roots' part was recorded: the rest is copied from the previous file as is.
+    using previous = changed && roots && ix && manifestStat
+      ? openPreviousManifest(manifestPath, manifestStat, ix)
+      : undefined;
     try {
-      const e = writeReplicaManifest(manifestPath, enc, indexOk);
+      let e: unknown;
+      try {
+        let enc;
+        if (previous) {
+          const under = inOnlyMemo(roots!);
+          enc = encodeManifest(recorded, true, { ix: ix!, file: previous, keep: (q) => !under(q) });
+        } else enc = full();
+        report.digest = enc.digest;
+        e = writeReplicaManifest(manifestPath, enc, indexOk);
+      } catch (spliceError) {
+        if (!previous) throw spliceError;
+        // The file did not match its index after all (nothing was replaced): in full.
+        const enc = full();
+        report.digest = enc.digest;
+        e = writeReplicaManifest(manifestPath, enc, indexOk);
+      }
       report.manifestWritten = true;
       if (e) {
         logEvent("debug", {

@@ -4,10 +4,13 @@
  * it sees every kind of change, and that a stale or damaged index is never trusted.
  */
 import {
+  chunkBytes,
+  concatBytes,
+  type EncodedManifest,
   encodeManifest,
   type Manifest,
+  openPreviousManifest,
   readManifest,
-  readPreviousManifest,
   writeReplicaManifest,
 } from "../lib/manifest.ts";
 import {
@@ -16,6 +19,7 @@ import {
   hexToBytes,
   indexPathFor,
   indexToManifest,
+  loadIndexDetails,
   readIndex,
 } from "../lib/manifest_index.ts";
 import { indexLookup, quickCheck } from "../lib/quick_check.ts";
@@ -85,7 +89,7 @@ Deno.test("encodeManifest() builds the index, and decodeIndex() reads it back; a
     digest: `sha256:${"cd".repeat(32)}`,
   };
   const st = Deno.statSync(man);
-  const bytes = encodeManifest(m, true).index!(st);
+  const bytes = concatBytes(encodeManifest(m, true).index!(st));
   const ix = decodeIndex(bytes, st);
   assert(ix, "decodes against the same stat");
   const back = indexToManifest(ix);
@@ -100,6 +104,36 @@ Deno.test("encodeManifest() builds the index, and decodeIndex() reads it back; a
   assertEquals(decodeIndex(new Uint8Array(200), st), undefined, "not an index");
   assertEquals(indexPathFor("/x/r.mimeo.json"), "/x/r.mimeo.idx");
   assertEquals(indexPathFor("/x/manifest"), "/x/manifest.idx");
+});
+
+Deno.test("readIndex() reads up to the paths; loadIndexDetails() reads the rest, and only from the same index", async () => {
+  await using d = await tempDir();
+  const man = `${d.path}/m.json`;
+  const file = (b: string) => ({
+    type: "file" as const,
+    size: 1,
+    mtime: 2,
+    mode: 0o644,
+    sha256: b.repeat(32),
+  });
+  const m: Manifest = {
+    entries: new Map([["a", file("ab")], ["b", file("cd")]]),
+    cache: new Map(),
+  };
+  writeReplicaManifest(man, encodeManifest(m, true), true);
+  const st = Deno.statSync(man);
+  const ix = readIndex(indexPathFor(man), st)!;
+  assertEquals([ix.paths, ix.sha.length, ix.lines.length], [["a", "b"], 0, 0]);
+  const whole = decodeIndex(Deno.readFileSync(indexPathFor(man)), st)!;
+  assert(loadIndexDetails(ix));
+  assertEquals([...ix.sha], [...whole.sha]);
+  assertEquals([...ix.lines], [...whole.lines]);
+  assertEquals(indexToManifest(ix).entries, m.entries);
+  // Replaced since it was read (another manifest's index now): the details are refused.
+  const again = readIndex(indexPathFor(man), st)!;
+  m.entries.set("c", file("ef"));
+  writeReplicaManifest(man, encodeManifest(m, true), true);
+  assertEquals(loadIndexDetails(again), false);
 });
 
 Deno.test("bytesToHex() and hexToBytes() are inverses", () => {
@@ -261,28 +295,37 @@ Deno.test("encodeManifest() with the previous file writes the same bytes and ind
     }
     // (A folder the part dropped may leave an entry outside the roots without its parent:
     // the encoder does not care, and the comparison is what matters here.)
-    const bytes = readPreviousManifest(man, st, ix);
-    assert(bytes, "the previous file matches its index");
-    const spliced = encodeManifest(part, true, { ix, bytes, keep: (p) => !under(p) });
+    using file = openPreviousManifest(man, st, ix);
+    assert(file, "the previous file matches its index");
+    const spliced = encodeManifest(part, true, { ix, file, keep: (p) => !under(p) });
     const full = encodeManifest(next, true);
-    const text = (e: { parts: Uint8Array[] }) =>
-      new TextDecoder().decode(new Uint8Array(e.parts.flatMap((b) => [...b])));
+    const text = (e: EncodedManifest) => new TextDecoder().decode(concatBytes(chunkBytes(e)));
     assertEquals(text(spliced), text(full), `round ${round}, roots ${[...roots]}`);
     assertEquals(spliced.digest, full.digest);
-    assertEquals([...spliced.index!(st)], [...full.index!(st)], `index, round ${round}`);
+    assertEquals(
+      [...concatBytes(spliced.index!(st))],
+      [...concatBytes(full.index!(st))],
+      `index, round ${round}`,
+    );
   }
   // A previous file that does not match its index is refused, not copied from.
   const m = build(["x/1", "x/2", "y"], new Map());
   writeReplicaManifest(man, encodeManifest(m, true), true);
   const st = Deno.statSync(man);
   const ix = readIndex(indexPathFor(man), st)!;
-  const good = readPreviousManifest(man, st, ix)!;
-  assertEquals(readPreviousManifest(man, { ...st, size: st.size + 1 }, ix), undefined);
-  const shifted = new Uint8Array(good.length);
-  shifted.set(good.subarray(1), 0);
+  assertEquals(openPreviousManifest(man, { ...st, size: st.size + 1 }, ix), undefined);
+  // A file whose lines are not where the index says (shifted by one byte).
+  const good = Deno.readFileSync(man);
+  Deno.writeFileSync(`${man}.shifted`, good.subarray(1));
+  using shifted = Deno.openSync(`${man}.shifted`);
+  const enc = encodeManifest(build(["y"], new Map()), true, {
+    ix,
+    file: shifted,
+    keep: (p) => p !== "y",
+  });
   let threw = false;
   try {
-    encodeManifest(build(["y"], new Map()), true, { ix, bytes: shifted, keep: (p) => p !== "y" });
+    concatBytes(chunkBytes(enc));
   } catch {
     threw = true;
   }
