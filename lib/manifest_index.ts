@@ -296,6 +296,17 @@ export function readIndex(
   }
 }
 
+/** Whether the index at `indexPath` belongs to a manifest with this stat (its header only). */
+export function indexIsCurrent(indexPath: string, manifestStat: Deno.FileInfo): boolean {
+  try {
+    using f = Deno.openSync(indexPath);
+    const h = parseHeader(readExactly(f, 0, HEADER_BYTES), manifestStat);
+    return !!h && f.statSync().size === h.total;
+  } catch {
+    return false;
+  }
+}
+
 /**
  * Make sure `ix.lines` and `ix.sha` are loaded, reading them from the index file when
  * needed. False when they cannot be, for instance when the index was replaced since

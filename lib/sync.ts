@@ -20,6 +20,7 @@ import {
 import { countOps, isTempPath, type Op, type Plan, plan } from "./plan.ts";
 import { granted, type SyncPaths, validatePaths } from "./paths.ts";
 import {
+  indexIsCurrent,
   indexPathFor,
   indexToManifest,
   loadIndexDetails,
@@ -775,7 +776,9 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   // The index is written with the manifest it compiles (it records where each line is),
   // so a missing or stale one is made by writing the unchanged manifest again.
   const indexOk = granted("write", indexPath);
-  if (changed || (!ix && old && indexOk)) {
+  const indexMissing = !ix && old && indexOk &&
+    !(manifestStat && indexIsCurrent(indexPath, manifestStat));
+  if (changed || indexMissing) {
     const full = () =>
       encodeManifest(
         !roots ? recorded : changed ? spliceManifest(whole(), recorded, roots) : whole(),

@@ -406,6 +406,12 @@ Deno.test("a second run with nothing changed takes the quick check and writes no
   assertEquals([s.check, s.planned, s.manifestWritten], ["quick", 0, false]);
   assertEquals(s.digest, readManifest(man).digest);
   assertEquals([Deno.statSync(man).mtime, Deno.statSync(idx).mtime], before);
+  // Nor does a watch-mode run (limited to paths, no quick check) over unchanged paths: the
+  // index it did not read is still current.
+  const { sync } = await import("../lib/mod.ts");
+  const w = await sync({ source: src, replica: dst, only: ["c.txt", "a"] });
+  assertEquals([w.ops.length, w.manifestWritten, w.digest], [0, false, s.digest]);
+  assertEquals([Deno.statSync(man).mtime, Deno.statSync(idx).mtime], before);
 });
 
 Deno.test("the quick check sees every kind of change on both sides", async () => {
