@@ -544,6 +544,9 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   let ix: ManifestIndex | undefined;
   let lookup: Map<string, number> | undefined;
   let only = options.only;
+  // What each side's quick check found: only that is scanned again on that side (the rest
+  // of the side matches the manifest, which is what the quick check established).
+  let sideOnly: { src: string[]; rep: string[] } | undefined;
   let quick: "none" | "changes" | "nothing" = "none";
   let repQuickInWorker = false;
   const indexPath = indexPathFor(manifestPath);
@@ -582,6 +585,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
       mark("quick");
       if (srcChanged && repChanged) {
         only = [...srcChanged, ...repChanged];
+        sideOnly = { src: srcChanged, rep: repChanged as string[] };
         quick = only.length ? "changes" : "nothing";
       }
     }
@@ -616,7 +620,13 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   mark("loadManifest");
 
   // Scan both sides (stat only).
-  const srcScan = scanTree(source, { exclude, signal: options.signal, only: roots && [...roots] });
+  const srcRoots = roots && sideOnly ? new Set(normalizeOnly(sideOnly.src)) : roots;
+  const repRoots = roots && sideOnly ? new Set(normalizeOnly(sideOnly.rep)) : roots;
+  const srcScan = scanTree(source, {
+    exclude,
+    signal: options.signal,
+    only: srcRoots && [...srcRoots],
+  });
   let repScan: { tree: Tree; issues: ScanIssue[] } | undefined;
   let repScanFromWorker = false;
   if (repInWorker) {
@@ -632,11 +642,11 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     }
   }
   repScan ??= replicaExists
-    ? scanTree(replica, { exclude, signal: options.signal, only: roots && [...roots] })
+    ? scanTree(replica, { exclude, signal: options.signal, only: repRoots && [...repRoots] })
     : { tree: new Map() as Tree, issues: [] as ScanIssue[] };
   mark("scan");
-  const src = roots ? mergePartial(old!, srcScan.tree, roots, "src") : srcScan.tree;
-  const rep = roots ? mergePartial(old!, repScan.tree, roots, "dst") : repScan.tree;
+  const src = srcRoots ? mergePartial(old!, srcScan.tree, srcRoots, "src") : srcScan.tree;
+  const rep = repRoots ? mergePartial(old!, repScan.tree, repRoots, "dst") : repScan.tree;
   // Source problems decide whether anything may be deleted; replica ones are only reported.
   // Kept apart by structure, never by looking at a path.
   const issues = [...srcScan.issues];
