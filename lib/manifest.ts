@@ -267,8 +267,11 @@ export interface PreviousManifest {
   ix: ManifestIndex;
   /** The file, open ({@linkcode openPreviousManifest}); read when the result is written. */
   file: Deno.FsFile;
-  /** Which of its entries to keep; the manifest being written gives all the others. */
-  keep: (path: string) => boolean;
+  /**
+   * One flag per index entry: 1 for the entries the manifest being written replaces (all
+   * others are kept). That manifest gives the new entries there, and none elsewhere.
+   */
+  replaced: Uint8Array;
 }
 
 /** A serialized manifest (see {@linkcode encodeManifest}). */
@@ -302,12 +305,12 @@ export function encodeManifest(
   if (previous && (!withCache || !loadIndexDetails(previous.ix))) {
     throw new Error("a previous manifest needs its index and a cache section");
   }
-  const fresh = sortedPaths(m.entries).filter((p) => !previous?.keep(p));
+  const fresh = sortedPaths(m.entries);
   const ix = previous?.ix;
   const kept = new Int32Array(ix ? ix.paths.length : 0);
   let keptN = 0;
   if (ix) {
-    for (let i = 0; i < ix.paths.length; i++) if (previous!.keep(ix.paths[i])) kept[keptN++] = i;
+    for (let i = 0; i < ix.paths.length; i++) if (!previous!.replaced[i]) kept[keptN++] = i;
   }
   const total = keptN + fresh.length;
   const idx = withCache ? new IndexBuilder(total) : undefined;
@@ -499,32 +502,71 @@ export function encodeManifest(
 }
 
 /**
- * The bytes of an encoded manifest, block by block; the ranges of the previous file are
- * read into one reused buffer (each block must be used before the next is asked for).
- * Throws if a range is not a run of whole lines: the file does not match its index.
+ * The bytes of an encoded manifest in blocks of about 1 MiB, for one write each. The
+ * ranges of the previous file come in file order, so they are read through a 4 MiB window
+ * (one read for many short runs of lines). Blocks share one buffer: each must be used
+ * before the next is asked for. Throws if a range is not a run of whole lines (the file
+ * does not match its index).
  */
 export function* chunkBytes(enc: EncodedManifest): Generator<Uint8Array> {
-  let buf: Uint8Array | undefined;
-  for (const part of enc.parts) {
-    if (part instanceof Uint8Array) {
-      yield part;
-      continue;
+  const BLOCK = 1 << 20;
+  const out = new Uint8Array(BLOCK);
+  let pos = 0;
+  let win: Uint8Array = new Uint8Array(0);
+  let winBuf: Uint8Array | undefined;
+  let winAt = 0;
+  /** The window, holding the byte at `at` (read from there when it does not). */
+  const windowAt = (at: number) => {
+    if (at < winAt || at >= winAt + win.length) {
+      winBuf ??= new Uint8Array(4 * BLOCK);
+      win = winBuf.subarray(0, readAt(enc.previous!, at, winBuf));
+      winAt = at;
+      if (!win.length) throw new Error("the previous manifest does not match its index");
     }
-    const f = enc.previous!;
-    buf ??= new Uint8Array(1 << 20);
-    // One byte more than the range: a run of lines is followed by ",\n" or the closing "\n".
-    for (let at = part.from; at < part.to;) {
-      const n = Math.min(buf.length, part.to + 1 - at);
-      const got = readAt(f, at, buf.subarray(0, n));
-      const isLast = at + got >= part.to + 1;
-      if (
-        (at === part.from && buf[0] !== 34) ||
-        (isLast && buf[got - 1] !== 44 && buf[got - 1] !== 10) || (got < n)
-      ) throw new Error("the previous manifest does not match its index");
-      yield buf.subarray(0, isLast ? got - 1 : got);
-      at += got;
+    return win;
+  };
+  const byteAt = (at: number) => windowAt(at)[at - winAt];
+  for (const part of enc.parts) {
+    let bytes: Uint8Array;
+    let at = 0, to = 0;
+    if (part instanceof Uint8Array) {
+      if (part.length >= BLOCK / 4) {
+        if (pos) yield out.subarray(0, pos);
+        pos = 0;
+        yield part;
+        continue;
+      }
+      bytes = part;
+      to = part.length;
+    } else {
+      // A run of lines starts with a quoted path and is followed by ",\n" or "\n".
+      const first = byteAt(part.from);
+      const after = byteAt(part.to);
+      if (first !== 34 || (after !== 44 && after !== 10)) {
+        throw new Error("the previous manifest does not match its index");
+      }
+      bytes = windowAt(part.from);
+      at = part.from - winAt;
+      to = Math.min(part.to, winAt + win.length) - winAt;
+    }
+    for (;;) {
+      const n = Math.min(to - at, BLOCK - pos);
+      out.set(bytes.subarray(at, at + n), pos);
+      pos += n;
+      at += n;
+      if (pos === BLOCK) {
+        yield out;
+        pos = 0;
+      }
+      if (at < to) continue;
+      // The rest of a range longer than the window.
+      if (part instanceof Uint8Array || winAt + to >= part.to) break;
+      bytes = windowAt(winAt + to);
+      at = 0;
+      to = Math.min(part.to - winAt, win.length);
     }
   }
+  if (pos) yield out.subarray(0, pos);
 }
 
 /** All of an encoded manifest's bytes in one array. */

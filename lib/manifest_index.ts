@@ -177,6 +177,8 @@ function decodeFront(
     : new TextDecoder().decode(bytes.subarray(at, at + blobLen)).split("\0");
   if (strings.length !== n + targetCount) return undefined;
   const paths = strings.slice(0, n);
+  // Entries are in sorted path order (what `indexUnder` relies on): checked, not assumed.
+  for (let i = 1; i < n; i++) if (!(paths[i - 1] < paths[i])) return undefined;
   const targets = new Map<number, string>();
   let t = n;
   for (let i = 0; i < n; i++) {
@@ -215,6 +217,36 @@ export function decodeIndex(
   const ix = decodeFront(bytes, h);
   if (ix) decodeTail(ix, bytes.subarray(h.front));
   return ix;
+}
+
+/**
+ * Which entries of an index are under one of `roots` (a root itself or anything below it),
+ * as one flag per entry. The index is in sorted path order, so each root is two binary
+ * searches: a root's own entry, and the block of paths starting with `root/` (all paths
+ * from `root/` up to, not including, `root0`, the next character after `/`).
+ *
+ * @example
+ * ```ts
+ * const flags = indexUnder(["a", "a.txt", "a/b", "b"], ["a"]); // 1, 0, 1, 0
+ * ```
+ */
+export function indexUnder(paths: readonly string[], roots: Iterable<string>): Uint8Array {
+  const flags = new Uint8Array(paths.length);
+  const lowerBound = (s: string) => {
+    let lo = 0, hi = paths.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (paths[mid] < s) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  };
+  for (const r of roots) {
+    const i = lowerBound(r);
+    if (paths[i] === r) flags[i] = 1;
+    flags.fill(1, lowerBound(`${r}/`), lowerBound(`${r}0`));
+  }
+  return flags;
 }
 
 /**

@@ -23,6 +23,7 @@ import {
   indexIsCurrent,
   indexPathFor,
   indexToManifest,
+  indexUnder,
   loadIndexDetails,
   type ManifestIndex,
   readIndex,
@@ -254,9 +255,8 @@ export function indexPart(
       if (i !== undefined) picked.push(i);
     }
   }
-  const under = inOnlyMemo(roots);
-  const paths = ix.paths;
-  for (let i = 0; i < paths.length; i++) if (under(paths[i])) picked.push(i);
+  const under = indexUnder(ix.paths, roots);
+  for (let i = 0; i < under.length; i++) if (under[i]) picked.push(i);
   return indexToManifest(ix, picked);
 }
 
@@ -804,7 +804,15 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
         let enc;
         if (previous) {
           const under = inOnlyMemo(roots!);
-          enc = encodeManifest(recorded, true, { ix: ix!, file: previous, keep: (q) => !under(q) });
+          const inside: Manifest = { entries: new Map(), cache: new Map() };
+          for (const [q, n] of recorded.entries) {
+            if (!under(q)) continue; // (the folders above the roots are kept as they were)
+            inside.entries.set(q, n);
+            const c = recorded.cache.get(q);
+            if (c) inside.cache.set(q, c);
+          }
+          const replaced = indexUnder(ix!.paths, roots!);
+          enc = encodeManifest(inside, true, { ix: ix!, file: previous, replaced });
         } else enc = full();
         report.digest = enc.digest;
         e = writeReplicaManifest(manifestPath, enc, indexOk);

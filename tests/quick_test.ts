@@ -17,8 +17,10 @@ import {
   bytesToHex,
   decodeIndex,
   hexToBytes,
+  IndexBuilder,
   indexPathFor,
   indexToManifest,
+  indexUnder,
   loadIndexDetails,
   readIndex,
 } from "../lib/manifest_index.ts";
@@ -102,6 +104,11 @@ Deno.test("encodeManifest() builds the index, and decodeIndex() reads it back; a
   assertEquals(decodeIndex(bytes, { ...st, size: st.size + 1 }), undefined, "stale");
   assertEquals(decodeIndex(bytes.subarray(0, bytes.length - 1), st), undefined, "truncated");
   assertEquals(decodeIndex(new Uint8Array(200), st), undefined, "not an index");
+  // Paths out of sorted order (indexUnder() relies on the order) make it no index.
+  const unsorted = new IndexBuilder(2);
+  unsorted.path("b");
+  unsorted.path("a");
+  assertEquals(decodeIndex(concatBytes(unsorted.finish(m.digest!, 0, 0, st)), st), undefined);
   assertEquals(indexPathFor("/x/r.mimeo.json"), "/x/r.mimeo.idx");
   assertEquals(indexPathFor("/x/manifest"), "/x/manifest.idx");
 });
@@ -297,7 +304,15 @@ Deno.test("encodeManifest() with the previous file writes the same bytes and ind
     // the encoder does not care, and the comparison is what matters here.)
     using file = openPreviousManifest(man, st, ix);
     assert(file, "the previous file matches its index");
-    const spliced = encodeManifest(part, true, { ix, file, keep: (p) => !under(p) });
+    const partInside: Manifest = { entries: new Map(), cache: new Map() };
+    for (const [q, n] of part.entries) {
+      if (!under(q)) continue;
+      partInside.entries.set(q, n);
+      if (part.cache.has(q)) partInside.cache.set(q, part.cache.get(q)!);
+    }
+    const replaced = new Uint8Array(ix.paths.map((q) => under(q) ? 1 : 0));
+    assertEquals([...replaced], [...indexUnder(ix.paths, roots)], "indexUnder()");
+    const spliced = encodeManifest(partInside, true, { ix, file, replaced });
     const full = encodeManifest(next, true);
     const text = (e: EncodedManifest) => new TextDecoder().decode(concatBytes(chunkBytes(e)));
     assertEquals(text(spliced), text(full), `round ${round}, roots ${[...roots]}`);
@@ -307,6 +322,44 @@ Deno.test("encodeManifest() with the previous file writes the same bytes and ind
       [...concatBytes(full.index!(st))],
       `index, round ${round}`,
     );
+  }
+  // A large manifest: runs of lines longer than the read window (4 MiB) and many blocks.
+  {
+    const entries = new Map<string, Node>();
+    const cache = new Map<string, CacheRecord>();
+    for (let i = 0; i < 60_000; i++) {
+      const p = `d${i % 7}/f${String(i).padStart(6, "0")}`;
+      entries.set(p, {
+        type: "file",
+        size: i,
+        mtime: 1e12 + i,
+        mode: 0o644,
+        sha256: bytesToHex(rng.bytes(32)),
+      });
+      if (i % 3) cache.set(p, { dst: [i + 1, 2], src: [i + 3, 4] });
+    }
+    for (let d = 0; d < 7; d++) entries.set(`d${d}`, { type: "dir", mode: 0o755 });
+    const before: Manifest = { entries, cache };
+    writeReplicaManifest(man, encodeManifest(before, true), true);
+    assert(Deno.statSync(man).size > 8 << 20, "runs longer than the 4 MiB window");
+    const st = Deno.statSync(man);
+    const ix = readIndex(indexPathFor(man), st)!;
+    const roots = new Set(["d0/f000007", "d6/f059999", "d3/f031000", "d3/new"]);
+    const part: Manifest = {
+      entries: new Map<string, Node>([["d3/new", { type: "symlink", target: "x" }]]),
+      cache: new Map(),
+    };
+    const next: Manifest = { entries: new Map(before.entries), cache: new Map(before.cache) };
+    for (const r of roots) next.entries.delete(r);
+    next.entries.set("d3/new", { type: "symlink", target: "x" });
+    using file = openPreviousManifest(man, st, ix)!;
+    const replaced = new Uint8Array(ix.paths.map((q) => roots.has(q) ? 1 : 0));
+    const spliced = encodeManifest(part, true, { ix, file, replaced });
+    const full = encodeManifest(next, true);
+    const a = concatBytes(chunkBytes(spliced)), b = concatBytes(chunkBytes(full));
+    assertEquals(a.length, b.length);
+    assert(a.every((x, i) => x === b[i]), "the same bytes");
+    assertEquals(spliced.digest, full.digest);
   }
   // A previous file that does not match its index is refused, not copied from.
   const m = build(["x/1", "x/2", "y"], new Map());
@@ -321,7 +374,7 @@ Deno.test("encodeManifest() with the previous file writes the same bytes and ind
   const enc = encodeManifest(build(["y"], new Map()), true, {
     ix,
     file: shifted,
-    keep: (p) => p !== "y",
+    replaced: new Uint8Array(ix.paths.map((q) => q === "y" ? 1 : 0)),
   });
   let threw = false;
   try {
