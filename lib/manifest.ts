@@ -255,6 +255,38 @@ function modeText(mode: number): string {
   return MODE_TEXT[mode] ??= modeString(mode);
 }
 
+/**
+ * A run of consecutive lines (or cache rows) of the previous manifest file, written to `out`
+ * as one range when it ends.
+ */
+class LineRun {
+  #from = -1;
+  #to = -1;
+  constructor(readonly out: Utf8Out) {}
+
+  /**
+   * Add the line at `[start, start + length)` of the previous file (`first`: no separator
+   * before it); returns where it will be in `out`.
+   */
+  add(start: number, length: number, first: boolean): number {
+    // Lines are separated by ",\n": the next line of the file continues the run.
+    if (this.#from >= 0 && start === this.#to + 2) this.#to = start + length;
+    else {
+      this.flush();
+      if (!first) this.out.text(",\n");
+      this.#from = start;
+      this.#to = start + length;
+    }
+    return this.out.length + start - this.#from;
+  }
+
+  /** Write the run (nothing when there is none). */
+  flush(): void {
+    if (this.#from >= 0) this.out.range(this.#from, this.#to);
+    this.#from = -1;
+  }
+}
+
 /** Bytes, or the range `[from, to)` of the previous manifest file (see `encodeManifest`). */
 export type Chunk = Uint8Array | { from: number; to: number };
 
@@ -320,13 +352,10 @@ export function encodeManifest(
   const out = new Utf8Out();
   const t: Totals = { files: 0, dirs: 0, symlinks: 0, bytes: 0 };
   let rows = 0;
-  // Runs of previous lines and rows not copied yet: [from, to) in the previous file.
-  let eFrom = -1, eTo = -1, cFrom = -1, cTo = -1;
-  const copyRun = (o: Utf8Out, from: number, to: number) => o.range(from, to);
+  const entryRun = new LineRun(out), cacheRun = new LineRun(cache);
   const flushRuns = () => {
-    if (eFrom >= 0) copyRun(out, eFrom, eTo);
-    if (cFrom >= 0) copyRun(cache, cFrom, cTo);
-    eFrom = cFrom = -1;
+    entryRun.flush();
+    cacheRun.flush();
   };
   let a = 0, b = 0;
   for (let k = 0; k < total; k++) {
@@ -358,31 +387,14 @@ export function encodeManifest(
       }
       const L = ix!.lines;
       const l = i * LINE_FIELDS;
-      const es = ix!.entriesBase + L[l];
-      if (eFrom >= 0 && es === eTo + 2) eTo = es + L[l + 1];
-      else {
-        if (eFrom >= 0) copyRun(out, eFrom, eTo);
-        if (k) out.text(",\n");
-        eFrom = es;
-        eTo = es + L[l + 1];
-      }
       const N = idx!.nums;
       for (let f = 0; f < 8; f++) N[r + f] = nums[o + f];
       const NL = idx!.lines;
       const nl = k * LINE_FIELDS;
-      NL[nl] = out.length + es - eFrom;
+      NL[nl] = entryRun.add(ix!.entriesBase + L[l], L[l + 1], k === 0);
       NL[nl + 1] = L[l + 1];
       if (L[l + 3] > 0) {
-        const cs = ix!.cacheBase + L[l + 2];
-        if (cFrom >= 0 && cs === cTo + 2) cTo = cs + L[l + 3];
-        else {
-          if (cFrom >= 0) copyRun(cache, cFrom, cTo);
-          if (rows) cache.text(",\n");
-          cFrom = cs;
-          cTo = cs + L[l + 3];
-        }
-        rows++;
-        NL[nl + 2] = cache.length + cs - cFrom;
+        NL[nl + 2] = cacheRun.add(ix!.cacheBase + L[l + 2], L[l + 3], rows++ === 0);
         NL[nl + 3] = L[l + 3];
       }
       idx!.sha.set(ix!.sha.subarray(i * 32, i * 32 + 32), k * 32);
