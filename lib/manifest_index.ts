@@ -7,7 +7,10 @@
  * `Float64Array`, hashes as raw bytes, paths in one `\0`-joined UTF-8 block. Loading it
  * costs one read and one string decode instead of a JSON parse that builds an object per
  * entry (a no-op at 200,000 files: 3.26 s and 557 MB with the JSON, 1.65 s and 355 MB
- * with the index; see bench/README.md).
+ * with the index; see bench/README.md). Its entries are in the manifest's (sorted) order,
+ * with where each one's line and cache row are in the manifest file, so that a run that
+ * changed a few entries copies the other lines instead of encoding them again
+ * (`encodeManifest` in manifest.ts); the index is written in the same pass.
  *
  * An index is used only while it matches its manifest: its header holds the manifest
  * file's size, mtime, inode and ctime as they were right after both were written. Any
