@@ -28,7 +28,7 @@ import {
   type ManifestIndex,
   readIndex,
 } from "./manifest_index.ts";
-import { indexLookup, quickCheck } from "./quick_check.ts";
+import { indexLookup, type PathLookup, quickCheck } from "./quick_check.ts";
 import {
   isTrustworthy,
   RACY_WINDOW_MS,
@@ -245,7 +245,7 @@ export function manifestPart(m: Manifest, roots: Set<string>): Manifest {
 /** {@linkcode manifestPart} read straight from an index (no whole manifest is built). */
 export function indexPart(
   ix: ManifestIndex,
-  lookup: Map<string, number>,
+  lookup: PathLookup,
   roots: Set<string>,
 ): Manifest {
   const picked: number[] = [];
@@ -542,7 +542,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   // The quick path: with an index that matches the manifest, both sides are checked by
   // stat alone, and only what may differ is scanned, hashed and planned below.
   let ix: ManifestIndex | undefined;
-  let lookup: Map<string, number> | undefined;
+  let lookup: PathLookup | undefined;
   let only = options.only;
   // What each side's quick check found: only that is scanned again on that side (the rest
   // of the side matches the manifest, which is what the quick check established).

@@ -22,6 +22,7 @@ import {
   indexToManifest,
   indexUnder,
   loadIndexDetails,
+  type ManifestIndex,
   readIndex,
 } from "../lib/manifest_index.ts";
 import { indexLookup, quickCheck } from "../lib/quick_check.ts";
@@ -141,6 +142,24 @@ Deno.test("readIndex() reads up to the paths; loadIndexDetails() reads the rest,
   m.entries.set("c", file("ef"));
   writeReplicaManifest(man, encodeManifest(m, true), true);
   assertEquals(loadIndexDetails(again), false);
+});
+
+Deno.test("indexLookup() finds every path of an index and nothing else", () => {
+  const rng = new Rng(envInt("MIMEO_SEED", 3));
+  const parts = ["a", "b", "é", "データ", "x y", "😀", "a.b", "a/b"];
+  const set = new Set<string>();
+  while (set.size < 5000) {
+    set.add(
+      Array.from({ length: rng.int(1, 4) }, () => rng.pick(parts)).join("/") + rng.int(0, 99),
+    );
+  }
+  const paths = [...set].sort();
+  const lookup = indexLookup({ paths } as ManifestIndex);
+  paths.forEach((p, i) => assertEquals(lookup.get(`${p}`), i));
+  for (const p of ["", "zz", `${paths[0]}/`, `${paths[1]}x`, "a/b/"]) {
+    assertEquals(lookup.get(p), undefined, JSON.stringify(p));
+  }
+  assertEquals(indexLookup({ paths: [] as string[] } as ManifestIndex).get("a"), undefined);
 });
 
 Deno.test("bytesToHex() and hexToBytes() are inverses", () => {
