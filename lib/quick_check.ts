@@ -42,7 +42,7 @@ function fnv1a(s: string): number {
 
 /**
  * Path → entry number of an index: an open-addressing table of entry numbers keyed by an
- * FNV-1a hash of the path, instead of a `Map`. A `Map` of 200,000 paths takes 210–220 ms
+ * FNV-1a hash of the path, instead of a `Map`. A `Map` of 200,000 paths takes 211–222 ms
  * to build and query once (V8 hashes each string on first use); this table 114–123 ms
  * (bench/README.md), on each of the two threads of a quick check.
  *
