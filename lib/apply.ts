@@ -122,7 +122,7 @@ async function copyFile(
       w.discard();
       throw e;
     }
-    if (sameStat(expect, after) && w.size === expect.size) {
+    if (!w.changed && sameStat(expect, after) && w.size === expect.size) {
       const fp = w.commit();
       const srcNode: FileNode = { ...expect, sha256: w.sha256, hashedAt: startedAt };
       o.src.set(path, srcNode);

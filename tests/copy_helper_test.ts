@@ -186,3 +186,32 @@ Deno.test("a run stopped while the helper copies leaves a valid manifest and no 
   assertEquals(again.code, 0, again.stderr);
   assertMirror(src, dst);
 });
+
+Deno.test("a write whose source changed under it (as a large file's two reads can see) is tried again", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  writeTree(src, { "big.bin": new Uint8Array(17 << 20).fill(3), "a.txt": "a" });
+  ageTree(src);
+  const { tree } = scanTree(src);
+  Deno.mkdirSync(dst);
+  // The first write of each file reports its source changed (its two reads disagreed).
+  const writes: string[] = [];
+  class Flaky extends FsTarget {
+    override async writeFile(...args: Parameters<FsTarget["writeFile"]>) {
+      const w = await super.writeFile(...args);
+      writes.push(args[0]);
+      return writes.filter((p) => p === args[0]).length === 1 ? { ...w, changed: true } : w;
+    }
+  }
+  const state: Tree = new Map();
+  const r = await applyPlan(plan(tree, state), {
+    sourceRoot: Deno.realPathSync(src),
+    target: new Flaky(Deno.realPathSync(dst)),
+    src: tree,
+    state,
+  });
+  assertEquals(r.failures, []);
+  assertEquals(writes.sort(), ["a.txt", "a.txt", "big.bin", "big.bin"]);
+  assertMirror(src, dst);
+  assertEquals(temps(dst), []);
+});
