@@ -272,7 +272,11 @@ export async function applyPlan(p: Plan, o: ApplyOptions): Promise<ApplyReport> 
    * different paths, in folders that exist) with many small copies: a helper thread takes
    * copies from the same list while this thread does the rest and then copies too.
    */
-  const runShared = async (run: Op[], helperTarget: HelperTarget): Promise<boolean> => {
+  const runShared = async (
+    run: Op[],
+    helperTarget: HelperTarget,
+    deletes: Op[],
+  ): Promise<boolean> => {
     const jobs: CopyJob[] = [];
     const jobOps: CopyOp[] = [];
     const here: Op[] = [];
@@ -310,7 +314,7 @@ export async function applyPlan(p: Plan, o: ApplyOptions): Promise<ApplyReport> 
       });
     });
     let running = true;
-    for (const op of here) {
+    for (const op of [...here, ...deletes]) {
       if (signal?.aborted || !(running = await runOp(op))) break;
     }
     for (let i: number | undefined; running && (i = helper.claim()) !== undefined;) {
@@ -328,7 +332,10 @@ export async function applyPlan(p: Plan, o: ApplyOptions): Promise<ApplyReport> 
 
   const ops = p.ops;
   const helperTarget = asHelperTarget(target);
+  /** Plan entries already done, ahead of their turn. */
+  const doneEarly = new Set<number>();
   for (let k = 0; k < ops.length; k++) {
+    if (doneEarly.has(k)) continue;
     if (signal?.aborted) {
       stopped = true;
       break;
@@ -338,7 +345,18 @@ export async function applyPlan(p: Plan, o: ApplyOptions): Promise<ApplyReport> 
       let small = 0;
       for (; end < ops.length && isContentOp(ops[end]); end++) if (isSmallCopy(ops[end])) small++;
       if (small >= (o.helperMinFiles ?? HELPER_MIN_FILES)) {
-        if (!(await runShared(ops.slice(k, end), helperTarget))) {
+        // The file deletions later in the plan (step 6) are done by this thread while the
+        // helper copies, instead of after the copies with one core idle. They touch only
+        // paths the source does not have, never a folder, so no copy depends on them, and
+        // the folders they empty are still removed after them.
+        const deletes: Op[] = [];
+        for (let j = end; j < ops.length; j++) {
+          if (ops[j].op === "delete" && !doneEarly.has(j)) {
+            deletes.push(ops[j]);
+            doneEarly.add(j);
+          }
+        }
+        if (!(await runShared(ops.slice(k, end), helperTarget, deletes))) {
           stopped = true;
           break;
         }

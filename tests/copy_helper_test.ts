@@ -215,3 +215,31 @@ Deno.test("a write whose source changed under it (as a large file's two reads ca
   assertMirror(src, dst);
   assertEquals(temps(dst), []);
 });
+
+Deno.test("while the helper copies, this thread does the plan's file deletions; emptied folders go after", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`, log = `${d.path}/log.jsonl`;
+  const old: Spec = {};
+  for (let i = 0; i < 80; i++) old[`gone/sub/old-${i}.txt`] = `old ${i}`;
+  for (let i = 0; i < 80; i++) old[`kept/old-${i}.txt`] = `old ${i}`;
+  writeTree(src, old);
+  assertEquals((await mimeo(["sync", src, dst, "-q"])).code, 0);
+  Deno.removeSync(`${src}/gone`, { recursive: true });
+  for (let i = 0; i < 80; i++) Deno.removeSync(`${src}/kept/old-${i}.txt`);
+  writeTree(src, manyFiles(600)); // more new files than the helper's threshold
+  const r = await mimeo(["sync", src, dst, "-q", "--log", log]);
+  assertEquals(r.code, 0, r.stderr);
+  assertMirror(src, dst);
+  const events = jsonLines(Deno.readTextFileSync(log)).map((e) => `${e.event} ${e.path}`);
+  const at = (prefix: string, last = false) =>
+    last
+      ? events.findLastIndex((e) => e.startsWith(prefix))
+      : events.findIndex((e) => e.startsWith(prefix));
+  assertEquals(events.filter((e) => e.startsWith("delete ")).length, 160);
+  // Deletions began before the copies were over (they used to wait for the last copy)...
+  assert(at("delete ") < at("copy ", true), "deletions ran alongside the copies");
+  // ...and every folder is removed after the files in it, the deepest first.
+  const rmdirSub = events.indexOf("rmdir gone/sub"), rmdirGone = events.indexOf("rmdir gone");
+  assert(at("delete gone/", true) < rmdirSub, "files before their folder");
+  assert(rmdirSub >= 0 && rmdirSub < rmdirGone, "deepest folder first");
+});
