@@ -9,6 +9,7 @@ import { buildFilter } from "./filter.ts";
 import { formatBytes, logEvent } from "./log.ts";
 import {
   type CacheRecord,
+  type EncodedManifest,
   encodeManifest,
   type Manifest,
   ManifestError,
@@ -151,6 +152,11 @@ export interface SyncReport {
   /** Digest of the replica's manifest after the run (absent on a dry run). */
   digest?: string;
   manifestWritten: boolean;
+  /**
+   * How the manifest was written: `spliced` (the unchanged lines copied from the previous
+   * file) or `full`; absent when it was not written.
+   */
+  manifestWrite?: "spliced" | "full";
   /** Whether the replica was scanned on a second thread. */
   scannedInWorker: boolean;
   /** Files copied by the helper thread (see `copy_worker.ts`); included in `done`. */
@@ -280,6 +286,28 @@ export function spliceManifest(whole: Manifest, part: Manifest, roots: Set<strin
   take(whole, false);
   take(part, true);
   return { entries, cache };
+}
+
+/**
+ * Encode the manifest after a run limited to `roots` into the previous manifest file:
+ * `recorded` (the run's part, see {@linkcode manifestPart}) replaces the file's entries
+ * inside the roots, and the rest is copied from the file (see `encodeManifest`).
+ */
+function encodeSpliced(
+  recorded: Manifest,
+  roots: Set<string>,
+  ix: ManifestIndex,
+  file: Deno.FsFile,
+): EncodedManifest {
+  const under = inOnlyMemo(roots);
+  const inside: Manifest = { entries: new Map(), cache: new Map() };
+  for (const [p, n] of recorded.entries) {
+    if (!under(p)) continue; // (the folders above the roots are kept as they were)
+    inside.entries.set(p, n);
+    const c = recorded.cache.get(p);
+    if (c) inside.cache.set(p, c);
+  }
+  return encodeManifest(inside, true, { ix, file, replaced: indexUnder(ix.paths, roots) });
 }
 
 /** Trees from the manifest for everything outside `roots`, fresh scans inside. */
@@ -798,30 +826,20 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     using previous = changed && roots && ix && manifestStat
       ? openPreviousManifest(manifestPath, manifestStat, ix)
       : undefined;
+    const write = (enc: EncodedManifest) => {
+      report.digest = enc.digest;
+      const e = writeReplicaManifest(manifestPath, enc, indexOk);
+      report.manifestWrite = enc.previous ? "spliced" : "full";
+      return e;
+    };
     try {
       let e: unknown;
       try {
-        let enc;
-        if (previous) {
-          const under = inOnlyMemo(roots!);
-          const inside: Manifest = { entries: new Map(), cache: new Map() };
-          for (const [q, n] of recorded.entries) {
-            if (!under(q)) continue; // (the folders above the roots are kept as they were)
-            inside.entries.set(q, n);
-            const c = recorded.cache.get(q);
-            if (c) inside.cache.set(q, c);
-          }
-          const replaced = indexUnder(ix!.paths, roots!);
-          enc = encodeManifest(inside, true, { ix: ix!, file: previous, replaced });
-        } else enc = full();
-        report.digest = enc.digest;
-        e = writeReplicaManifest(manifestPath, enc, indexOk);
+        e = write(previous ? encodeSpliced(recorded, roots!, ix!, previous) : full());
       } catch (spliceError) {
         if (!previous) throw spliceError;
         // The file did not match its index after all (nothing was replaced): in full.
-        const enc = full();
-        report.digest = enc.digest;
-        e = writeReplicaManifest(manifestPath, enc, indexOk);
+        e = write(full());
       }
       report.manifestWritten = true;
       if (e) {
@@ -893,9 +911,12 @@ function finish(report: SyncReport, t0: number, marks: Record<string, number>): 
     check,
     replicaScan: report.scannedInWorker ? "worker" : "main",
     copiedByHelper: report.copiedByHelper,
+    manifestWrite: report.manifestWrite,
     message: `timings (ms): ${JSON.stringify(marks)}; ${check} check${
       report.scannedInWorker ? ", replica walked in a worker" : ""
-    }${report.copiedByHelper ? `, ${report.copiedByHelper} files copied by the helper` : ""}`,
+    }${report.copiedByHelper ? `, ${report.copiedByHelper} files copied by the helper` : ""}${
+      report.manifestWrite ? `, manifest written ${report.manifestWrite}` : ""
+    }`,
   });
   if (report.failures.length) report.exitCode = ExitCode.PartialFailure;
   logEvent(report.exitCode ? "warning" : "info", {

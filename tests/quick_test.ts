@@ -427,6 +427,9 @@ Deno.test("a quick run with changes counts, limits and records the whole tree, n
   assertEquals(written.digest, full.digest);
   assertEquals(written.entries.size, 9);
   assertEquals(s.digest, full.digest);
+  // The manifest was spliced from the previous one, not written in full.
+  const t = jsonLines(Deno.readTextFileSync(log)).filter((e) => e.event === "timings");
+  assertEquals(t[t.length - 1].manifestWrite, "spliced");
 });
 
 Deno.test("quickCheck() lists exactly the paths that may differ, one path per new or gone folder", async () => {
