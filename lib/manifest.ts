@@ -17,6 +17,7 @@
  */
 import { createHash } from "node:crypto";
 import {
+  HEX_PAIRS,
   INDEX_FIELDS,
   IndexBuilder,
   indexPathFor,
@@ -206,8 +207,9 @@ class Utf8Out {
     const b = this.#buf;
     let p = this.#pos;
     for (let i = from; i < from + n; i++) {
-      b[p++] = HEX_CODES[bytes[i] >> 4];
-      b[p++] = HEX_CODES[bytes[i] & 15];
+      const pair = HEX_PAIRS[bytes[i]];
+      b[p++] = pair & 255;
+      b[p++] = pair >> 8;
     }
     this.#pos = p;
   }
@@ -246,7 +248,6 @@ class Utf8Out {
     return this.blocks;
   }
 }
-const HEX_CODES = new TextEncoder().encode("0123456789abcdef");
 const utf8 = new TextEncoder();
 
 /** `modeString()` per mode value, computed once. */
@@ -594,14 +595,9 @@ export function concatBytes(parts: Iterable<Uint8Array>): Uint8Array {
   return all;
 }
 
-/** The canonical JSON of a manifest as UTF-8 blocks (see {@linkcode encodeManifest}). */
-export function serializeManifestBytes(m: Manifest, withCache: boolean): Uint8Array[] {
-  return encodeManifest(m, withCache).parts as Uint8Array[];
-}
-
-/** The canonical JSON text of a manifest (see {@linkcode serializeManifestBytes}). */
+/** The canonical JSON text of a manifest (see {@linkcode encodeManifest}). */
 export function serializeManifest(m: Manifest, withCache: boolean): string {
-  return new TextDecoder().decode(concatBytes(serializeManifestBytes(m, withCache)));
+  return new TextDecoder().decode(concatBytes(chunkBytes(encodeManifest(m, withCache))));
 }
 
 const HEX64 = /^[0-9a-f]{64}$/;

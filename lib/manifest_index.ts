@@ -364,8 +364,8 @@ export function loadIndexDetails(ix: ManifestIndex): boolean {
 }
 
 const HEX_DIGITS = "0123456789abcdef";
-/** ASCII codes of the two hex digits of each byte value. */
-const HEX_PAIRS = new Uint16Array(256).map((_, b) =>
+/** ASCII codes of the two hex digits of each byte value (low byte first). */
+export const HEX_PAIRS = new Uint16Array(256).map((_, b) =>
   HEX_DIGITS.charCodeAt(b >> 4) | (HEX_DIGITS.charCodeAt(b & 15) << 8)
 );
 
