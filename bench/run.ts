@@ -539,6 +539,8 @@ interface Row {
   title: string;
   detail: string[];
   per: Map<Tool, Series>;
+  /** Wall times of bench/floor.ts on the same trees (rows that walk both whole trees). */
+  floor?: number[];
 }
 
 function newRow(id: string, title: string, tools: Tool[]): Row {
@@ -557,6 +559,27 @@ function newRow(id: string, title: string, tools: Tool[]): Row {
     });
   }
   return { id, title, detail: [], per };
+}
+
+/**
+ * Time bench/floor.ts (a bare stat walk of both trees on two threads, Deno's least cost
+ * for noticing a change) on the source and mimeo's replica, with mimeo's V8 flags.
+ */
+async function timeFloor(src: string, dst: string): Promise<number | null> {
+  const flags = MIMEO_FLAGS.filter((f) => !f.startsWith("--allow-write"));
+  const t0 = performance.now();
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", ...flags, join(BENCH_DIR, "floor.ts"), src, dst],
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  const seconds = (performance.now() - t0) / 1000;
+  if (!out.success) {
+    log(`  (floor walk failed: ${firstLine(decoder.decode(out.stderr))})`);
+    return null;
+  }
+  return seconds;
 }
 
 function note(series: Series, msg: string): void {
@@ -703,6 +726,14 @@ class Bench {
       }
       t.inSync.set(tool, r.ok);
     }
+    if (row.floor && t.dst.has("mimeo")) {
+      this.flush();
+      const f = await timeFloor(t.src, t.dst.get("mimeo")!);
+      if (f !== null) {
+        row.floor.push(f);
+        log(`${label} floor  ${fmtSecs(f)} s (bench/floor.ts: stat walk of both trees)`);
+      }
+    }
     // Checking 4 x 200k files takes 30-60 s here, so by default scenario 6 checks its last rep only.
     const lastOnly = opts.verify === "last" || (opts.verify === "auto" && row.id.startsWith("6"));
     if (synced.length === 0 || (lastOnly && rep !== opts.reps - 1)) return;
@@ -762,6 +793,7 @@ class Bench {
   async scenario2(): Promise<void> {
     const t = await this.tree("main");
     const row = newRow("2", "2. no-op (nothing changed)", this.opts.tools);
+    row.floor = [];
     this.rows.push(row);
     for (let rep = 0; rep < this.opts.reps; rep++) {
       await this.ensureSynced(t);
@@ -772,6 +804,7 @@ class Bench {
   async scenario3(): Promise<void> {
     const t = await this.tree("main");
     const row = newRow("3", "3. 1% edited, 1% added, 1% deleted", this.opts.tools);
+    row.floor = [];
     this.rows.push(row);
     for (let rep = 0; rep < this.opts.reps; rep++) {
       await this.ensureSynced(t);
@@ -835,6 +868,8 @@ class Bench {
       this.opts.tools,
     );
     const b = newRow("6b", `6b. ${s.files} small files: 1% edited/added/deleted`, this.opts.tools);
+    a.floor = [];
+    b.floor = [];
     this.rows.push(a, b);
     log(`[6] initial untimed sync of the many-files tree`);
     await this.ensureSynced(t);
@@ -968,6 +1003,29 @@ function report(bench: Bench, header: string[]): string {
         } |`,
     );
   }
+  const floored = rows.filter((r) => r.floor?.length);
+  if (floored.length > 0) {
+    lines.push(
+      "",
+      "Deno's floor: `bench/floor.ts` walks the source and mimeo's replica at the same time (two " +
+        "threads), one `readDir` per folder and one `lstat` per entry, and does nothing else. " +
+        "Any Deno program that notices a changed file on either side pays at least this; where " +
+        "floor÷rsync is above a target, no Deno program meets that target on this machine.",
+      "",
+      "| scenario | floor median s | floor÷rsync | mimeo÷floor | mimeo − floor s |",
+      "| --- | ---: | ---: | ---: | ---: |",
+    );
+    for (const row of floored) {
+      const f = median(row.floor!);
+      const m = goodMedian(row.per.get("mimeo"));
+      const r = goodMedian(row.per.get("rsync"));
+      lines.push(
+        `| ${row.id} | ${fmtSecs(f)} | ${r ? `${(f / r).toFixed(2)}×` : "—"} | ${
+          m !== null ? `${(m / f).toFixed(2)}×` : "—"
+        } | ${m !== null ? fmtSecs(m - f) : "—"} |`,
+      );
+    }
+  }
   lines.push("", "Peak RSS, MB (max over reps; for rsync the largest of its processes):", "");
   lines.push(
     `| scenario | ${opts.tools.join(" | ")} |`,
@@ -979,6 +1037,7 @@ function report(bench: Bench, header: string[]): string {
   lines.push("", "All runs, seconds:", "");
   for (const row of rows) {
     for (const d of row.detail) lines.push(`- ${row.id}: ${d}`);
+    if (row.floor?.length) lines.push(`- ${row.id} floor: ${row.floor.map(fmtSecs).join(", ")}`);
     for (const [tool, s] of row.per) {
       const times = s.times.map(fmtSecs).join(", ") || "none";
       const others = s.otherCpus.length

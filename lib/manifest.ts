@@ -15,7 +15,6 @@
  *
  * @module
  */
-import { createHash } from "node:crypto";
 import {
   HEX_PAIRS,
   INDEX_FIELDS,
@@ -29,6 +28,7 @@ import {
   statKey,
 } from "./manifest_index.ts";
 import type { Fingerprint, Node, Tree } from "./types.ts";
+import { newHasher } from "./hash.ts";
 
 /** Current manifest format version. */
 export const MANIFEST_VERSION = 1;
@@ -94,7 +94,7 @@ export function comparePaths(a: string, b: string): number {
  * ```
  */
 export function treeDigest(tree: Tree, paths: string[] = sortedPaths(tree)): string {
-  const h = createHash("sha256");
+  const h = newHasher();
   const dig = new Utf8Out((b) => h.update(b));
   for (const p of paths) digestEntry(dig, p, tree.get(p)!);
   dig.end();
@@ -347,7 +347,7 @@ export function encodeManifest(
   }
   const total = keptN + fresh.length;
   const idx = withCache ? new IndexBuilder(total) : undefined;
-  const h = createHash("sha256");
+  const h = newHasher();
   const dig = new Utf8Out((b) => h.update(b));
   const cache = new Utf8Out();
   const out = new Utf8Out();
