@@ -1010,7 +1010,8 @@ function report(bench: Bench, header: string[]): string {
       "Deno's floor: `bench/floor.ts` walks the source and mimeo's replica at the same time (two " +
         "threads), one `readDir` per folder and one `lstat` per entry, and does nothing else. " +
         "Any Deno program that notices a changed file on either side pays at least this; where " +
-        "floor÷rsync is above a target, no Deno program meets that target on this machine.",
+        "floor÷rsync is above a target, no Deno program (without `--allow-ffi`) meets that target " +
+        "on this machine.",
       "",
       "| scenario | floor median s | floor÷rsync | mimeo÷floor | mimeo − floor s |",
       "| --- | ---: | ---: | ---: | ---: |",
