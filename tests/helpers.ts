@@ -290,6 +290,18 @@ export function assertSame(
   );
 }
 
+/**
+ * What an interrupted or failed run must leave behind: the replica's manifest verifies
+ * against its bytes, and the next sync exits 0 with an exact mirror.
+ */
+export async function assertRecovers(src: string, dst: string): Promise<void> {
+  const v = await mimeo(["verify", dst]);
+  assertEquals(v.code, 0, cliText(v));
+  const again = await mimeo(["sync", src, dst, "-q"]);
+  assertEquals(again.code, 0, cliText(again));
+  assertMirror(src, dst);
+}
+
 export function cliText(r: CliResult): string {
   return `exit ${r.code}\n--- stderr ---\n${r.stderr.slice(0, 4000)}\n--- stdout ---\n${
     r.stdout.slice(0, 2000)
