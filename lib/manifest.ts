@@ -201,6 +201,39 @@ class Utf8Out {
     this.#pos = p;
   }
 
+  /** Bytes `src[from, to)` as they are. */
+  bytes(src: Uint8Array, from: number, to: number): void {
+    this.#room(to - from);
+    const b = this.#buf;
+    let p = this.#pos;
+    for (let i = from; i < to; i++) b[p++] = src[i];
+    this.#pos = p;
+  }
+
+  /**
+   * A file's digest input (see `digestEntry`) from bytes: its path `path[from, to)` (UTF-8),
+   * its mode's text, and its hash `sha[at, at + 32)`. One call per kept entry of a large
+   * manifest, so written in one loop per field.
+   */
+  keptFile(path: Uint8Array, from: number, to: number, mode: string, sha: Uint8Array, at: number) {
+    this.#room(to - from + mode.length + 72);
+    const b = this.#buf;
+    let p = this.#pos;
+    for (let i = from; i < to; i++) b[p++] = path[i];
+    b[p++] = 0;
+    for (let i = 0; i < 4; i++) b[p++] = FILE_TAG[i];
+    b[p++] = 0;
+    for (let i = 0; i < mode.length; i++) b[p++] = mode.charCodeAt(i);
+    b[p++] = 0;
+    for (let i = at; i < at + 32; i++) {
+      const pair = HEX_PAIRS[sha[i]];
+      b[p++] = pair & 255;
+      b[p++] = pair >> 8;
+    }
+    b[p++] = 0;
+    this.#pos = p;
+  }
+
   /** Lower-case hex of `bytes[from, from + n)`. */
   hex(bytes: Uint8Array, from: number, n: number): void {
     this.#room(2 * n);
@@ -249,6 +282,7 @@ class Utf8Out {
   }
 }
 const utf8 = new TextEncoder();
+const FILE_TAG = utf8.encode("file");
 
 /** `modeString()` per mode value, computed once. */
 const MODE_TEXT: string[] = [];
@@ -358,38 +392,54 @@ export function encodeManifest(
     entryRun.flush();
     cacheRun.flush();
   };
+  // Kept entries come in runs of consecutive rows of the previous index: their numbers,
+  // hashes and path bytes are copied a run at a time.
+  const blob = ix?.blob ?? new Uint8Array(0);
+  let runI = 0, runK = 0, runLen = 0, runFrom = 0, runTo = 0;
+  const flushRun = () => {
+    if (!runLen) return;
+    const N = ix!.nums.subarray(runI * INDEX_FIELDS, (runI + runLen) * INDEX_FIELDS);
+    idx!.nums.set(N, runK * INDEX_FIELDS);
+    idx!.sha.set(ix!.sha.subarray(runI * 32, (runI + runLen) * 32), runK * 32);
+    idx!.pathBytes(blob, runFrom, runTo, runLen);
+    runLen = 0;
+  };
+  // Where the previous index's path `at` starts and ends in its blob (rows are visited in
+  // order; the end is -1 until found).
+  let at = 0, atByte = 0, atEnd = -1;
   let a = 0, b = 0;
   for (let k = 0; k < total; k++) {
-    const r = k * INDEX_FIELDS;
     if (a < keptN && (b >= fresh.length || ix!.paths[kept[a]] < fresh[b])) {
       // A kept entry: digest input from the index columns, line and row copied.
       const i = kept[a++];
-      const p = ix!.paths[i];
+      for (; at < i; at++, atEnd = -1) {
+        atByte = (atEnd >= 0 ? atEnd : blob.indexOf(0, atByte)) + 1;
+      }
+      if (atEnd < 0) atEnd = blob.indexOf(0, atByte);
+      if (atEnd < 0) atEnd = blob.length;
+      const end = atEnd;
       const nums = ix!.nums;
       const o = i * INDEX_FIELDS;
-      dig.text(p);
       const kind = nums[o];
       if (kind === Kind.File) {
         t.files++;
         t.bytes += nums[o + 2];
-        dig.text("\0file\0");
-        dig.text(modeText(nums[o + 1]));
-        dig.byte(0);
-        dig.hex(ix!.sha, i * 32, 32);
-        dig.byte(0);
-      } else if (kind === Kind.Dir) {
-        t.dirs++;
-        dig.text(`\0dir\0${modeText(nums[o + 1])}\0\0`);
+        dig.keptFile(blob, atByte, end, modeText(nums[o + 1]), ix!.sha, i * 32);
       } else {
-        t.symlinks++;
-        dig.text("\0symlink\0\0");
-        dig.text(ix!.targets.get(i)!);
-        dig.byte(0);
+        dig.bytes(blob, atByte, end);
+        if (kind === Kind.Dir) {
+          t.dirs++;
+          dig.text(`\0dir\0${modeText(nums[o + 1])}\0\0`);
+        } else {
+          t.symlinks++;
+          dig.text("\0symlink\0\0");
+          dig.text(ix!.targets.get(i)!);
+          dig.byte(0);
+          idx!.target(ix!.targets.get(i)!);
+        }
       }
       const L = ix!.lines;
       const l = i * LINE_FIELDS;
-      const N = idx!.nums;
-      for (let f = 0; f < 8; f++) N[r + f] = nums[o + f];
       const NL = idx!.lines;
       const nl = k * LINE_FIELDS;
       NL[nl] = entryRun.add(ix!.entriesBase + L[l], L[l + 1], k === 0);
@@ -398,10 +448,17 @@ export function encodeManifest(
         NL[nl + 2] = cacheRun.add(ix!.cacheBase + L[l + 2], L[l + 3], rows++ === 0);
         NL[nl + 3] = L[l + 3];
       }
-      idx!.sha.set(ix!.sha.subarray(i * 32, i * 32 + 32), k * 32);
-      idx!.path(p, kind === Kind.Symlink ? ix!.targets.get(i) : undefined);
+      if (runLen && i === runI + runLen) {
+        runLen++;
+        runTo = end;
+      } else {
+        flushRun();
+        [runI, runK, runLen, runFrom, runTo] = [i, k, 1, atByte, end];
+      }
       continue;
     }
+    flushRun();
+    const r = k * INDEX_FIELDS;
     const p = fresh[b++];
     const n = m.entries.get(p)!;
     flushRuns();
@@ -475,8 +532,10 @@ export function encodeManifest(
       idx.lines[k * LINE_FIELDS] = start;
       idx.lines[k * LINE_FIELDS + 1] = out.length - start;
     }
-    idx?.path(p, n.type === "symlink" ? n.target : undefined);
+    idx?.path(p);
+    if (n.type === "symlink") idx?.target(n.target);
   }
+  flushRun();
   flushRuns();
   dig.end();
   const digest = `sha256:${h.digest("hex")}`;

@@ -48,6 +48,11 @@ export const Kind = { File: 0, Dir: 1, Symlink: 2 } as const;
  */
 export interface ManifestIndex {
   paths: string[];
+  /**
+   * The paths, then the symlink targets, as the file holds them: UTF-8, `\0`-separated. A
+   * manifest written from this one copies the bytes of the paths it keeps from here.
+   */
+  blob: Uint8Array;
   /** {@linkcode INDEX_FIELDS} numbers per entry; a missing fingerprint is `-1, -1`. */
   nums: Float64Array;
   /** Symlink targets by entry number. */
@@ -83,7 +88,10 @@ export class IndexBuilder {
   readonly nums: Float64Array;
   readonly lines: Uint32Array;
   readonly sha: Uint8Array;
-  readonly #strings: string[] = [];
+  /** The paths so far, UTF-8, `\0`-separated; `#rows` of them in `#blob[0, #len)`. */
+  #blob = new Uint8Array(1 << 16);
+  #len = 0;
+  #rows = 0;
   readonly #targets: string[] = [];
 
   constructor(readonly count: number) {
@@ -92,10 +100,35 @@ export class IndexBuilder {
     this.sha = new Uint8Array(count * 32);
   }
 
-  /** Entry `i`'s path (rows are added in order) and symlink target. */
-  path(p: string, target?: string): void {
-    this.#strings.push(p);
-    if (target !== undefined) this.#targets.push(target);
+  #room(n: number): void {
+    if (this.#len + n <= this.#blob.length) return;
+    const next = new Uint8Array(Math.max(2 * this.#blob.length, this.#len + n));
+    next.set(this.#blob.subarray(0, this.#len));
+    this.#blob = next;
+  }
+
+  /** The next row's path (rows are added in order). */
+  path(p: string): void {
+    this.#room(1 + 3 * p.length);
+    if (this.#rows++) this.#blob[this.#len++] = 0;
+    this.#len += utf8.encodeInto(p, this.#blob.subarray(this.#len)).written;
+  }
+
+  /**
+   * The paths of the next `rows` rows as bytes: `bytes[from, to)`, `\0`-separated (a run
+   * of another index's blob).
+   */
+  pathBytes(bytes: Uint8Array, from: number, to: number, rows: number): void {
+    this.#room(1 + to - from);
+    if (this.#rows) this.#blob[this.#len++] = 0;
+    this.#blob.set(bytes.subarray(from, to), this.#len);
+    this.#len += to - from;
+    this.#rows += rows;
+  }
+
+  /** The next symlink row's target (in row order). */
+  target(t: string): void {
+    this.#targets.push(t);
   }
 
   /** Entry `i`'s hash from lower-case hex. */
@@ -111,14 +144,18 @@ export class IndexBuilder {
     manifestStat: Deno.FileInfo,
   ): Uint8Array[] {
     const n = this.count;
-    if (this.#strings.length !== n) throw new Error("index rows missing");
-    const blob = new TextEncoder().encode([...this.#strings, ...this.#targets].join("\0"));
+    if (this.#rows !== n) throw new Error("index rows missing");
+    // The paths, then the targets: all `\0`-separated.
+    const targets = this.#targets.length
+      ? utf8.encode(`${n ? "\0" : ""}${this.#targets.join("\0")}`)
+      : new Uint8Array(0);
+    const blobLength = this.#len + targets.length;
     const head = new Uint8Array(HEADER_BYTES);
-    head.set(new TextEncoder().encode(MAGIC), 0);
+    head.set(utf8.encode(MAGIC), 0);
     new Float64Array(head.buffer, 8, 9).set([
       n,
       ...statKey(manifestStat),
-      blob.length,
+      blobLength,
       this.#targets.length,
       entriesBase,
       cacheBase,
@@ -128,13 +165,16 @@ export class IndexBuilder {
     return [
       head,
       new Uint8Array(this.nums.buffer),
-      blob,
-      new Uint8Array(padded(blob.length) - blob.length),
+      this.#blob.subarray(0, this.#len),
+      targets,
+      new Uint8Array(padded(blobLength) - blobLength),
       new Uint8Array(this.lines.buffer),
       this.sha,
     ];
   }
 }
+
+const utf8 = new TextEncoder();
 
 /** The blob's length in the file, padded so that the columns after it are aligned. */
 function padded(n: number): number {
@@ -175,9 +215,8 @@ function decodeFront(
     ? new Float64Array(bytes.buffer, bytes.byteOffset + HEADER_BYTES, n * INDEX_FIELDS)
     : new Float64Array(bytes.slice(HEADER_BYTES, HEADER_BYTES + numBytes).buffer);
   const at = HEADER_BYTES + numBytes;
-  const strings = n + targetCount === 0
-    ? []
-    : new TextDecoder().decode(bytes.subarray(at, at + blobLen)).split("\0");
+  const blob = bytes.subarray(at, at + blobLen);
+  const strings = n + targetCount === 0 ? [] : new TextDecoder().decode(blob).split("\0");
   if (strings.length !== n + targetCount) return undefined;
   const paths = strings.slice(0, n);
   // Entries are in sorted path order (what `indexUnder` relies on): checked, not assumed.
@@ -190,6 +229,7 @@ function decodeFront(
   if (t !== n + targetCount) return undefined;
   return {
     paths,
+    blob,
     nums,
     targets,
     digest: h.digest,
