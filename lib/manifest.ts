@@ -210,30 +210,6 @@ class Utf8Out {
     this.#pos = p;
   }
 
-  /**
-   * A file's digest input (see `digestEntry`) from bytes: its path `path[from, to)` (UTF-8),
-   * its mode's text, and its hash `sha[at, at + 32)`. One call per kept entry of a large
-   * manifest, so written in one loop per field.
-   */
-  keptFile(path: Uint8Array, from: number, to: number, mode: string, sha: Uint8Array, at: number) {
-    this.#room(to - from + mode.length + 72);
-    const b = this.#buf;
-    let p = this.#pos;
-    for (let i = from; i < to; i++) b[p++] = path[i];
-    b[p++] = 0;
-    for (let i = 0; i < 4; i++) b[p++] = FILE_TAG[i];
-    b[p++] = 0;
-    for (let i = 0; i < mode.length; i++) b[p++] = mode.charCodeAt(i);
-    b[p++] = 0;
-    for (let i = at; i < at + 32; i++) {
-      const pair = HEX_PAIRS[sha[i]];
-      b[p++] = pair & 255;
-      b[p++] = pair >> 8;
-    }
-    b[p++] = 0;
-    this.#pos = p;
-  }
-
   /** Lower-case hex of `bytes[from, from + n)`. */
   hex(bytes: Uint8Array, from: number, n: number): void {
     this.#room(2 * n);
@@ -282,7 +258,6 @@ class Utf8Out {
   }
 }
 const utf8 = new TextEncoder();
-const FILE_TAG = utf8.encode("file");
 
 /** `modeString()` per mode value, computed once. */
 const MODE_TEXT: string[] = [];
@@ -421,22 +396,26 @@ export function encodeManifest(
       const nums = ix!.nums;
       const o = i * INDEX_FIELDS;
       const kind = nums[o];
+      // The digest input of `digestEntry`, the path's bytes taken from the previous index.
+      dig.bytes(blob, atByte, end);
       if (kind === Kind.File) {
         t.files++;
         t.bytes += nums[o + 2];
-        dig.keptFile(blob, atByte, end, modeText(nums[o + 1]), ix!.sha, i * 32);
+        dig.text("\0file\0");
+        dig.text(modeText(nums[o + 1]));
+        dig.byte(0);
+        dig.hex(ix!.sha, i * 32, 32);
+        dig.byte(0);
+      } else if (kind === Kind.Dir) {
+        t.dirs++;
+        dig.text(`\0dir\0${modeText(nums[o + 1])}\0\0`);
       } else {
-        dig.bytes(blob, atByte, end);
-        if (kind === Kind.Dir) {
-          t.dirs++;
-          dig.text(`\0dir\0${modeText(nums[o + 1])}\0\0`);
-        } else {
-          t.symlinks++;
-          dig.text("\0symlink\0\0");
-          dig.text(ix!.targets.get(i)!);
-          dig.byte(0);
-          idx!.target(ix!.targets.get(i)!);
-        }
+        const target = ix!.targets.get(i)!;
+        t.symlinks++;
+        dig.text("\0symlink\0\0");
+        dig.text(target);
+        dig.byte(0);
+        idx!.target(target);
       }
       const L = ix!.lines;
       const l = i * LINE_FIELDS;
