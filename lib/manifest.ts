@@ -465,35 +465,11 @@ export function encodeManifest(
       out.text('","size":');
       out.int(n.size);
       out.text(',"type":"file"}');
-      const c = withCache ? m.cache.get(p) : undefined;
-      if (c && (c.dst || c.src)) {
-        // [dst ino, dst ctime] or [dst ino, dst ctime, src ino, src ctime]; 0,0 = no dst.
-        if (rows++) cache.text(",\n");
-        const cstart = cache.length;
-        cache.json(p);
-        cache.text(": [");
-        cache.int(c.dst?.[0] ?? 0);
-        cache.byte(44);
-        cache.int(c.dst?.[1] ?? 0);
-        if (c.src) {
-          cache.byte(44);
-          cache.int(c.src[0]);
-          cache.byte(44);
-          cache.int(c.src[1]);
-        }
-        cache.byte(93);
-        if (idx) {
-          idx.lines[k * LINE_FIELDS + 2] = cstart;
-          idx.lines[k * LINE_FIELDS + 3] = cache.length - cstart;
-        }
-      }
       if (N) {
         N[r] = Kind.File;
         N[r + 1] = n.mode;
         N[r + 2] = n.size;
         N[r + 3] = n.mtime;
-        if (c?.dst) [N[r + 4], N[r + 5]] = c.dst;
-        if (c?.src) [N[r + 6], N[r + 7]] = c.src;
         idx!.shaHex(k, n.sha256!);
       }
     } else if (n.type === "dir") {
@@ -506,6 +482,32 @@ export function encodeManifest(
       out.json(n.target);
       out.text(`,"type":"symlink"}`);
       if (N) N[r] = Kind.Symlink;
+    }
+    const c = withCache && n.type !== "symlink" ? m.cache.get(p) : undefined;
+    if (c && (c.dst || c.src)) {
+      // [dst ino, dst ctime] or [dst ino, dst ctime, src ino, src ctime]; 0,0 = no dst.
+      if (rows++) cache.text(",\n");
+      const cstart = cache.length;
+      cache.json(p);
+      cache.text(": [");
+      cache.int(c.dst?.[0] ?? 0);
+      cache.byte(44);
+      cache.int(c.dst?.[1] ?? 0);
+      if (c.src) {
+        cache.byte(44);
+        cache.int(c.src[0]);
+        cache.byte(44);
+        cache.int(c.src[1]);
+      }
+      cache.byte(93);
+      if (idx) {
+        idx.lines[k * LINE_FIELDS + 2] = cstart;
+        idx.lines[k * LINE_FIELDS + 3] = cache.length - cstart;
+      }
+      if (N) {
+        if (c.dst) [N[r + 4], N[r + 5]] = c.dst;
+        if (c.src) [N[r + 6], N[r + 7]] = c.src;
+      }
     }
     if (idx) {
       idx.lines[k * LINE_FIELDS] = start;

@@ -12,7 +12,7 @@
 // matcher alone costs ~30 ms, so it is loaded only when there are patterns).
 import type { FilterOptions } from "./filter.ts";
 import { readIndex } from "./manifest_index.ts";
-import { indexLookup, quickCheck } from "./quick_check.ts";
+import { indexLookup, quickCheck, type QuickResult } from "./quick_check.ts";
 import { scanTree } from "./scan.ts";
 import type { Node, ScanIssue, Tree } from "./types.ts";
 
@@ -111,7 +111,7 @@ interface QuickRequest {
 /** What the worker answers. */
 type ScanAnswer =
   | { ok: true; tree: EncodedTree; issues: ScanIssue[] }
-  | { ok: true; changed: string[] | undefined }
+  | { ok: true; quick: QuickResult | undefined }
   | { ok: false; message: string };
 
 function startWorker<T>(
@@ -150,17 +150,17 @@ function startWorker<T>(
 }
 
 /**
- * Quick-check the replica in a Worker: the paths that may differ from the index, or
- * undefined when the check gave up (see {@linkcode quickCheck}).
+ * Quick-check the replica in a Worker: what {@linkcode quickCheck} found, or undefined
+ * when the check gave up.
  */
 export function quickCheckInWorker(
   req: Omit<QuickRequest, "kind">,
   signal?: AbortSignal,
-): Promise<string[] | undefined> {
+): Promise<QuickResult | undefined> {
   return startWorker(
     { kind: "quick", ...req },
     signal,
-    (a) => "changed" in a ? a.changed : undefined,
+    (a) => "quick" in a ? a.quick : undefined,
   );
 }
 
@@ -193,13 +193,13 @@ if (WorkerGlobal !== undefined && globalThis instanceof WorkerGlobal) {
       const exclude = req.filter && await (await import("./filter.ts")).buildFilter(req.filter);
       if (req.kind === "quick") {
         const ix = readIndex(req.indexPath, req.manifestStat);
-        const changed = ix &&
-          quickCheck(req.root, ix, indexLookup(ix), {
+        const quick = ix &&
+          quickCheck(req.root, ix, () => indexLookup(ix), {
             side: "replica",
             exclude,
             now: req.now,
           });
-        scope.postMessage({ ok: true, changed } satisfies ScanAnswer);
+        scope.postMessage({ ok: true, quick } satisfies ScanAnswer);
         return;
       }
       const { root, only } = req;

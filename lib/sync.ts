@@ -21,10 +21,12 @@ import {
 import { countOps, isTempPath, type Op, type Plan, plan } from "./plan.ts";
 import { granted, type SyncPaths, validatePaths } from "./paths.ts";
 import {
+  INDEX_FIELDS,
   indexIsCurrent,
   indexPathFor,
   indexToManifest,
   indexUnder,
+  Kind,
   loadIndexDetails,
   type ManifestIndex,
   readIndex,
@@ -291,23 +293,96 @@ export function spliceManifest(whole: Manifest, part: Manifest, roots: Set<strin
 /**
  * Encode the manifest after a run limited to `roots` into the previous manifest file:
  * `recorded` (the run's part, see {@linkcode manifestPart}) replaces the file's entries
- * inside the roots, and the rest is copied from the file (see `encodeManifest`).
+ * inside the roots and the folders above them, and the rest is copied from the file (see
+ * `encodeManifest`). The folders above the roots are written again, not copied, so that
+ * their recorded folder fingerprints go: what they list may have changed in this run
+ * (`recorded` has none), and only a later run that lists them records new ones.
  */
 function encodeSpliced(
   recorded: Manifest,
   roots: Set<string>,
   ix: ManifestIndex,
+  lookup: PathLookup,
   file: Deno.FsFile,
 ): EncodedManifest {
   const under = inOnlyMemo(roots);
   const inside: Manifest = { entries: new Map(), cache: new Map() };
   for (const [p, n] of recorded.entries) {
-    if (!under(p)) continue; // (the folders above the roots are kept as they were)
+    if (!under(p)) continue;
     inside.entries.set(p, n);
     const c = recorded.cache.get(p);
     if (c) inside.cache.set(p, c);
   }
-  return encodeManifest(inside, true, { ix, file, replaced: indexUnder(ix.paths, roots) });
+  const replaced = indexUnder(ix.paths, roots);
+  for (const r of roots) {
+    for (let d = parentOf(r); d !== ""; d = parentOf(d)) {
+      const i = lookup.get(d);
+      if (i === undefined || replaced[i]) continue;
+      replaced[i] = 1;
+      // (A folder above a root that the replica no longer has goes from the manifest too.)
+      const n = recorded.entries.get(d);
+      if (n) inside.entries.set(d, n);
+    }
+  }
+  return encodeManifest(inside, true, { ix, file, replaced });
+}
+
+/**
+ * Record the folder fingerprints proposed by the quick checks of a run with nothing to do
+ * (see `QuickResult.dirFps`): the manifest is written again with those folders' cache rows
+ * changed, everything else copied from the file. Its digest and entries stay the same. It
+ * is only a speed-up for the next runs, so a failure is logged at debug level, not
+ * reported.
+ */
+function recordDirFingerprints(
+  report: SyncReport,
+  manifestPath: string,
+  manifestStat: Deno.FileInfo,
+  ix: ManifestIndex,
+  dirFps: { src: number[]; dst: number[] },
+): void {
+  const indexPath = indexPathFor(manifestPath);
+  if (!granted("write", manifestPath) || !granted("write", indexPath)) return;
+  try {
+    if (!loadIndexDetails(ix)) return;
+    const { nums, paths } = ix;
+    const m: Manifest = { entries: new Map(), cache: new Map() };
+    const replaced = new Uint8Array(paths.length);
+    const set = (list: number[], side: "src" | "dst") => {
+      for (let k = 0; k < list.length; k += 3) {
+        const i = list[k];
+        const p = paths[i];
+        const o = i * INDEX_FIELDS;
+        if (nums[o] !== Kind.Dir) throw new Error(`'${p}' is not a folder in the index`);
+        if (!replaced[i]) {
+          replaced[i] = 1;
+          m.entries.set(p, { type: "dir", mode: nums[o + 1] });
+          const fp = (at: number) =>
+            nums[o + at] >= 0 ? [nums[o + at], nums[o + at + 1]] as const : undefined;
+          m.cache.set(p, { dst: fp(4), src: fp(6) });
+        }
+        const fp = list[k + 1] >= 0 ? [list[k + 1], list[k + 2]] as const : undefined;
+        m.cache.get(p)![side] = fp;
+      }
+    };
+    set(dirFps.src, "src");
+    set(dirFps.dst, "dst");
+    using file = openPreviousManifest(manifestPath, manifestStat, ix);
+    if (!file) return;
+    const enc = encodeManifest(m, true, { ix, file, replaced });
+    // Only cache rows changed: a different digest would mean the index was not the file's.
+    if (enc.digest !== ix.digest) throw new Error("the digest would change");
+    const e = writeReplicaManifest(manifestPath, enc, true);
+    report.manifestWritten = true;
+    report.manifestWrite = "spliced";
+    if (e) throw e;
+  } catch (e) {
+    logEvent("debug", {
+      event: "index-failed",
+      path: manifestPath,
+      message: `cannot record folder fingerprints: ${errorMessage(e)} (the next run lists them)`,
+    });
+  }
 }
 
 /** Trees from the manifest for everything outside `roots`, fresh scans inside. */
@@ -576,6 +651,8 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   // of the side matches the manifest, which is what the quick check established).
   let sideOnly: { src: string[]; rep: string[] } | undefined;
   let quick: "none" | "changes" | "nothing" = "none";
+  // Folder fingerprints each side's quick check proposes (see `recordDirFingerprints`).
+  let dirFps: { src: number[]; dst: number[] } | undefined;
   let repQuickInWorker = false;
   const indexPath = indexPathFor(manifestPath);
   if (
@@ -602,19 +679,20 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     if (!ix) inWorker?.catch(() => {});
     if (ix) {
       mark("index");
-      lookup = indexLookup(ix);
+      const getLookup = () => lookup ??= indexLookup(ix!);
       const check = (root: string, side: "source" | "replica") =>
-        quickCheck(root, ix!, lookup!, { side, exclude, now, signal: options.signal });
-      const srcChanged = check(source, "source");
+        quickCheck(root, ix!, getLookup, { side, exclude, now, signal: options.signal });
+      const srcFound = check(source, "source");
       mark("quickSource");
-      let repChanged = await inWorker;
-      repQuickInWorker = inWorker !== undefined && repChanged !== "failed";
-      if (!repQuickInWorker) repChanged = check(replica, "replica");
+      let repFound = await inWorker;
+      repQuickInWorker = inWorker !== undefined && repFound !== "failed";
+      if (!repQuickInWorker) repFound = check(replica, "replica");
       mark("quick");
-      if (srcChanged && repChanged) {
-        only = [...srcChanged, ...repChanged];
-        sideOnly = { src: srcChanged, rep: repChanged as string[] };
+      if (srcFound && repFound && repFound !== "failed") {
+        only = [...srcFound.changed, ...repFound.changed];
+        sideOnly = { src: srcFound.changed, rep: repFound.changed };
         quick = only.length ? "changes" : "nothing";
+        if (!only.length) dirFps = { src: srcFound.dirFps, dst: repFound.dirFps };
       }
     }
   }
@@ -623,6 +701,10 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     report.digest = ix!.digest;
     report.check = "quick";
     report.scannedInWorker = repQuickInWorker;
+    if (!dryRun && dirFps && (dirFps.src.length || dirFps.dst.length)) {
+      recordDirFingerprints(report, manifestPath, manifestStat!, ix!, dirFps);
+      mark("record");
+    }
     return finish(report, t0, marks);
   }
   // A large recorded manifest means a large replica: walk it on the second core while this
@@ -638,7 +720,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   const loaded = ix ? undefined : loadManifest(manifestPath, replicaExists);
   const roots = (ix || loaded) && only ? new Set(normalizeOnly(only)) : undefined;
   const old = roots
-    ? (ix ? indexPart(ix, lookup!, roots) : manifestPart(loaded!, roots))
+    ? (ix ? indexPart(ix, lookup ??= indexLookup(ix), roots) : manifestPart(loaded!, roots))
     : ix
     ? indexToManifest(ix)
     : loaded;
@@ -835,7 +917,11 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     try {
       let e: unknown;
       try {
-        e = write(previous ? encodeSpliced(recorded, roots!, ix!, previous) : full());
+        e = write(
+          previous
+            ? encodeSpliced(recorded, roots!, ix!, lookup ??= indexLookup(ix!), previous)
+            : full(),
+        );
       } catch (spliceError) {
         if (!previous) throw spliceError;
         // The file did not match its index after all (nothing was replaced): in full.

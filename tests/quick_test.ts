@@ -26,6 +26,7 @@ import {
   readIndex,
 } from "../lib/manifest_index.ts";
 import { indexLookup, quickCheck } from "../lib/quick_check.ts";
+import { INDEX_FIELDS } from "../lib/manifest_index.ts";
 import type { CacheRecord } from "../lib/manifest.ts";
 import type { Node } from "../lib/types.ts";
 import { indexPart, manifestPart, normalizeOnly, spliceManifest } from "../lib/sync.ts";
@@ -279,7 +280,10 @@ Deno.test("encodeManifest() with the previous file writes the same bytes and ind
     for (const p of paths) {
       const parts = p.split("/");
       for (let i = 1; i < parts.length; i++) {
-        entries.set(parts.slice(0, i).join("/"), { type: "dir", mode: 0o755 });
+        const d = parts.slice(0, i).join("/");
+        entries.set(d, { type: "dir", mode: 0o755 });
+        // Folders have fingerprints too (recorded by a run that listed them).
+        if (!cache.has(d) && rng.chance(0.5)) cache.set(d, randomCache());
       }
     }
     for (const p of paths) {
@@ -445,10 +449,10 @@ Deno.test("quickCheck() lists exactly the paths that may differ, one path per ne
   const { src, man } = p;
   const ix = readIndex(p.idx, Deno.statSync(man));
   assert(ix, "the first sync wrote an index");
-  const lookup = indexLookup(ix);
+  const lookup = () => indexLookup(ix);
   const now = Date.now();
-  assertEquals(quickCheck(src, ix, lookup, { side: "source", now }), []);
-  assertEquals(quickCheck(p.dst, ix, lookup, { side: "replica", now }), []);
+  assertEquals(quickCheck(src, ix, lookup, { side: "source", now })?.changed, []);
+  assertEquals(quickCheck(p.dst, ix, lookup, { side: "replica", now })?.changed, []);
   Deno.writeTextFileSync(`${src}/edit.txt`, "edited");
   Deno.removeSync(`${src}/gone.txt`);
   Deno.removeSync(`${src}/olddir`, { recursive: true });
@@ -456,8 +460,8 @@ Deno.test("quickCheck() lists exactly the paths that may differ, one path per ne
   Deno.chmodSync(`${src}/modes`, 0o700);
   Deno.removeSync(`${src}/link`);
   Deno.symlinkSync("dir", `${src}/link`);
-  const changed = quickCheck(src, ix, lookup, { side: "source", now })!;
-  assertEquals(changed.sort(), [
+  const found = quickCheck(src, ix, lookup, { side: "source", now })!;
+  assertEquals(found.changed.sort(), [
     "dir/b.txt",
     "edit.txt",
     "gone.txt",
@@ -468,18 +472,78 @@ Deno.test("quickCheck() lists exactly the paths that may differ, one path per ne
   ]);
   // A file inside the racy window (mtime less than 2 s before the run) is never trusted.
   const racyNow = Deno.statSync(`${src}/keep.txt`).mtime!.getTime() + 1000;
-  assert(quickCheck(src, ix, lookup, { side: "source", now: racyNow })!.includes("keep.txt"));
+  assert(
+    quickCheck(src, ix, lookup, { side: "source", now: racyNow })!.changed.includes("keep.txt"),
+  );
 });
 
-Deno.test("a second run with nothing changed takes the quick check and writes nothing", async () => {
+Deno.test("quickCheck() proposes folder fingerprints once a folder's ctime second has ended, and then trusts them", async () => {
+  await using p = await syncedPair({ "d/a.txt": "a", "d/e/b.txt": "b", "c.txt": "c" });
+  const { src, dst, man } = p;
+  const ix = readIndex(p.idx, Deno.statSync(man))!;
+  const at = (q: string) => ix.paths.indexOf(q);
+  const fpOf = (abs: string) => {
+    const st = Deno.lstatSync(abs);
+    return [st.ino!, st.ctime!.getTime()];
+  };
+  const lookup = () => indexLookup(ix);
+  // Too recent (ctime's second not over when the run started): nothing to record.
+  const early = fpOf(`${src}/d`)[1];
+  assertEquals(quickCheck(src, ix, lookup, { side: "source", now: early + 999 })!.dirFps, []);
+  // Later: both folders, with their inode and ctime, for the side checked.
+  const later = Date.now() + 5000;
+  for (const [root, side] of [[src, "source"], [dst, "replica"]] as const) {
+    const r = quickCheck(root, ix, lookup, { side, now: later })!;
+    assertEquals(r.changed, []);
+    assertEquals(r.dirFps, [at("d"), ...fpOf(`${root}/d`), at("d/e"), ...fpOf(`${root}/d/e`)]);
+    // With exclude patterns, folder fingerprints are neither proposed nor trusted.
+    const excl = quickCheck(root, ix, lookup, { side, now: later, exclude: () => false })!;
+    assertEquals(excl, { changed: [], dirFps: [] });
+  }
+  // Recorded (as a no-op run does), a folder is trusted: no listing, no proposal.
+  const o = at("d/e") * INDEX_FIELDS + 6;
+  [ix.nums[o], ix.nums[o + 1]] = fpOf(`${src}/d/e`);
+  const r = quickCheck(src, ix, lookup, { side: "source", now: later })!;
+  assertEquals(r.dirFps, [at("d"), ...fpOf(`${src}/d`)]);
+  // A new name in a folder changes its ctime: the fingerprint no longer matches.
+  Deno.writeTextFileSync(`${src}/d/e/new.txt`, "n");
+  assertEquals(quickCheck(src, ix, lookup, { side: "source", now: later })!.changed, [
+    "d/e/new.txt",
+  ]);
+});
+
+/** The folders that have a row in a manifest's `cache` section. */
+function folderRows(man: string): Record<string, number[]> {
+  const m = JSON.parse(Deno.readTextFileSync(man));
+  return Object.fromEntries(
+    Object.entries(m.cache as Record<string, number[]>).filter(([q]) =>
+      m.entries[q].type === "dir"
+    ),
+  );
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+Deno.test("a run with nothing changed takes the quick check and writes nothing, except once to record folder fingerprints", async () => {
   await using p = await syncedPair({ "a/b.txt": "b", "c.txt": "c", "l": { link: "c.txt" } });
   const { src, dst, log, man, idx } = p;
-  const before = [Deno.statSync(man).mtime, Deno.statSync(idx).mtime];
-  const r = await mimeo(["sync", src, dst, "-v", "--log", log]);
+  // The replica's folder was just written: its ctime second must end before a run may
+  // record it.
+  await sleep(1100);
+  const digest = readManifest(man).digest;
+  let r = await mimeo(["sync", src, dst, "-v", "--log", log]);
   assertEquals(r.code, 0, r.stderr);
-  const s = lastSummary(log);
+  let s = lastSummary(log);
+  assertEquals([s.check, s.planned, s.manifestWritten, s.digest], ["quick", 0, true, digest]);
+  const fp = (abs: string) => [Deno.lstatSync(abs).ino, Deno.lstatSync(abs).ctime!.getTime()];
+  assertEquals(folderRows(man), { a: [...fp(`${dst}/a`), ...fp(`${src}/a`)] });
+  assertEquals(readManifest(man, true).digest, digest);
+  const before = [Deno.statSync(man).mtime, Deno.statSync(idx).mtime];
+  r = await mimeo(["sync", src, dst, "-v", "--log", log]);
+  assertEquals(r.code, 0, r.stderr);
+  s = lastSummary(log);
   assertEquals([s.check, s.planned, s.manifestWritten], ["quick", 0, false]);
-  assertEquals(s.digest, readManifest(man).digest);
+  assertEquals(s.digest, digest);
   assertEquals([Deno.statSync(man).mtime, Deno.statSync(idx).mtime], before);
   // Nor does a watch-mode run (limited to paths, no quick check) over unchanged paths: the
   // index it did not read is still current.
@@ -487,6 +551,44 @@ Deno.test("a second run with nothing changed takes the quick check and writes no
   const w = await sync({ source: src, replica: dst, only: ["c.txt", "a"] });
   assertEquals([w.ops.length, w.manifestWritten, w.digest], [0, false, s.digest]);
   assertEquals([Deno.statSync(man).mtime, Deno.statSync(idx).mtime], before);
+});
+
+Deno.test("new names in folders with recorded fingerprints are seen on both sides", async () => {
+  await using p = await syncedPair({ "a/b/c.txt": "c", "a/d.txt": "d", "e/f.txt": "f" });
+  const { src, dst, log, man } = p;
+  await sleep(1100);
+  assertEquals((await mimeo(["sync", src, dst, "-q"])).code, 0);
+  assertEquals(Object.keys(folderRows(man)).sort(), ["a", "a/b", "e"]);
+  // Behind mimeo's back: a stray file in the replica, a new file in the source, a hard
+  // link (a new name for an inode the manifest knows) and a rename inside one folder.
+  Deno.writeTextFileSync(`${dst}/a/b/stray.txt`, "x");
+  Deno.writeTextFileSync(`${src}/e/new.txt`, "new");
+  Deno.linkSync(`${src}/a/d.txt`, `${src}/a/b/d-link.txt`);
+  Deno.renameSync(`${dst}/e/f.txt`, `${dst}/e/g.txt`);
+  const r = await mimeo(["sync", src, dst, "--log", log]);
+  assertEquals(r.code, 0, r.stderr);
+  assertEquals(lastSummary(log).check, "quick");
+  assertMirror(src, dst);
+  // A run with changes drops the fingerprints of the folders above what changed (what
+  // they list may be what this run did): "a" and "a/b" (new file, stray), "e".
+  assertEquals(folderRows(man), {});
+});
+
+Deno.test("folder fingerprints are not recorded while exclude patterns hide names", async () => {
+  await using p = await syncedPair({ "d/keep.txt": "k", "d/skip.log": "s" });
+  const { src, dst, log, man } = p;
+  Deno.removeSync(dst, { recursive: true });
+  Deno.removeSync(man);
+  assertEquals((await mimeo(["sync", src, dst, "-q", "--exclude", "*.log"])).code, 0);
+  await sleep(1100);
+  // A no-op under the pattern: listing `d` without `skip.log` must not become trusted.
+  assertEquals((await mimeo(["sync", src, dst, "--log", log, "--exclude", "*.log"])).code, 0);
+  assertEquals([lastSummary(log).planned, lastSummary(log).manifestWritten], [0, false]);
+  assertEquals(folderRows(man), {});
+  // Without it, `skip.log` is seen and copied.
+  const r = await mimeo(["sync", src, dst, "--log", log]);
+  assertEquals(r.code, 0, r.stderr);
+  assertMirror(src, dst);
 });
 
 Deno.test("the quick check sees every kind of change on both sides", async () => {
