@@ -10,8 +10,9 @@
  *
  * A replica manifest also has a `cache` section: per file, the stat fingerprints
  * (`[replica inode, replica ctime, source inode, source ctime]`, the replica pair `0,0` when
- * it is not trusted yet) that let the next run
- * trust recorded hashes without reading the files again.
+ * it is not trusted yet) that let the next run trust recorded hashes without reading the
+ * files again; per folder (once a run listed it and found it unchanged), the same pairs,
+ * that let the quick check skip listing it (`quick_check.ts`).
  *
  * @module
  */
