@@ -290,13 +290,48 @@ export function spliceManifest(whole: Manifest, part: Manifest, roots: Set<strin
   return { entries, cache };
 }
 
+/** Folder fingerprints proposed by the quick checks of both sides (`QuickResult.dirFps`). */
+interface DirFps {
+  src: number[];
+  dst: number[];
+}
+
+/**
+ * Add the folders of `dirFps` that `replaced` does not already cover to `m` and
+ * `replaced`, with their cache rows: the proposed fingerprint for a side that has one, the
+ * recorded one for the other side.
+ */
+function addDirFps(m: Manifest, replaced: Uint8Array, ix: ManifestIndex, dirFps: DirFps): void {
+  const { nums, paths } = ix;
+  const mine = new Uint8Array(paths.length);
+  for (const [list, side] of [[dirFps.src, "src"], [dirFps.dst, "dst"]] as const) {
+    for (let k = 0; k < list.length; k += 3) {
+      const i = list[k];
+      if (replaced[i] && !mine[i]) continue; // written anew by the run, without one
+      const p = paths[i];
+      const o = i * INDEX_FIELDS;
+      if (nums[o] !== Kind.Dir) throw new Error(`'${p}' is not a folder in the index`);
+      if (!mine[i]) {
+        replaced[i] = mine[i] = 1;
+        m.entries.set(p, { type: "dir", mode: nums[o + 1] });
+        const fp = (at: number) =>
+          nums[o + at] >= 0 ? [nums[o + at], nums[o + at + 1]] as const : undefined;
+        m.cache.set(p, { dst: fp(4), src: fp(6) });
+      }
+      m.cache.get(p)![side] = list[k + 1] >= 0 ? [list[k + 1], list[k + 2]] : undefined;
+    }
+  }
+}
+
 /**
  * Encode the manifest after a run limited to `roots` into the previous manifest file:
  * `recorded` (the run's part, see {@linkcode manifestPart}) replaces the file's entries
  * inside the roots and the folders above them, and the rest is copied from the file (see
  * `encodeManifest`). The folders above the roots are written again, not copied, so that
  * their recorded folder fingerprints go: what they list may have changed in this run
- * (`recorded` has none), and only a later run that lists them records new ones.
+ * (`recorded` has none), and only a later run that lists them records new ones. The
+ * fingerprints the quick checks proposed (`dirFps`) are recorded for the other folders,
+ * whose listings this run did not touch.
  */
 function encodeSpliced(
   recorded: Manifest,
@@ -304,6 +339,7 @@ function encodeSpliced(
   ix: ManifestIndex,
   lookup: PathLookup,
   file: Deno.FsFile,
+  dirFps: DirFps | undefined,
 ): EncodedManifest {
   const under = inOnlyMemo(roots);
   const inside: Manifest = { entries: new Map(), cache: new Map() };
@@ -324,6 +360,7 @@ function encodeSpliced(
       if (n) inside.entries.set(d, n);
     }
   }
+  if (dirFps) addDirFps(inside, replaced, ix, dirFps);
   return encodeManifest(inside, true, { ix, file, replaced });
 }
 
@@ -339,34 +376,15 @@ function recordDirFingerprints(
   manifestPath: string,
   manifestStat: Deno.FileInfo,
   ix: ManifestIndex,
-  dirFps: { src: number[]; dst: number[] },
+  dirFps: DirFps,
 ): void {
   const indexPath = indexPathFor(manifestPath);
   if (!granted("write", manifestPath) || !granted("write", indexPath)) return;
   try {
     if (!loadIndexDetails(ix)) return;
-    const { nums, paths } = ix;
     const m: Manifest = { entries: new Map(), cache: new Map() };
-    const replaced = new Uint8Array(paths.length);
-    const set = (list: number[], side: "src" | "dst") => {
-      for (let k = 0; k < list.length; k += 3) {
-        const i = list[k];
-        const p = paths[i];
-        const o = i * INDEX_FIELDS;
-        if (nums[o] !== Kind.Dir) throw new Error(`'${p}' is not a folder in the index`);
-        if (!replaced[i]) {
-          replaced[i] = 1;
-          m.entries.set(p, { type: "dir", mode: nums[o + 1] });
-          const fp = (at: number) =>
-            nums[o + at] >= 0 ? [nums[o + at], nums[o + at + 1]] as const : undefined;
-          m.cache.set(p, { dst: fp(4), src: fp(6) });
-        }
-        const fp = list[k + 1] >= 0 ? [list[k + 1], list[k + 2]] as const : undefined;
-        m.cache.get(p)![side] = fp;
-      }
-    };
-    set(dirFps.src, "src");
-    set(dirFps.dst, "dst");
+    const replaced = new Uint8Array(ix.paths.length);
+    addDirFps(m, replaced, ix, dirFps);
     using file = openPreviousManifest(manifestPath, manifestStat, ix);
     if (!file) return;
     const enc = encodeManifest(m, true, { ix, file, replaced });
@@ -652,7 +670,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   let sideOnly: { src: string[]; rep: string[] } | undefined;
   let quick: "none" | "changes" | "nothing" = "none";
   // Folder fingerprints each side's quick check proposes (see `recordDirFingerprints`).
-  let dirFps: { src: number[]; dst: number[] } | undefined;
+  let dirFps: DirFps | undefined;
   let repQuickInWorker = false;
   const indexPath = indexPathFor(manifestPath);
   if (
@@ -692,7 +710,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
         only = [...srcFound.changed, ...repFound.changed];
         sideOnly = { src: srcFound.changed, rep: repFound.changed };
         quick = only.length ? "changes" : "nothing";
-        if (!only.length) dirFps = { src: srcFound.dirFps, dst: repFound.dirFps };
+        dirFps = { src: srcFound.dirFps, dst: repFound.dirFps };
       }
     }
   }
@@ -919,7 +937,14 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
       try {
         e = write(
           previous
-            ? encodeSpliced(recorded, roots!, ix!, lookup ??= indexLookup(ix!), previous)
+            ? encodeSpliced(
+              recorded,
+              roots!,
+              ix!,
+              lookup ??= indexLookup(ix!),
+              previous,
+              options.only ? undefined : dirFps,
+            )
             : full(),
         );
       } catch (spliceError) {

@@ -574,6 +574,24 @@ Deno.test("new names in folders with recorded fingerprints are seen on both side
   assertEquals(folderRows(man), {});
 });
 
+Deno.test("a run with changes records the fingerprints of the folders its changes did not touch", async () => {
+  await using p = await syncedPair({ "x/f.txt": "f", "x/g/h.txt": "h", "y/z.txt": "z" });
+  const { src, dst, log, man } = p;
+  await sleep(1100);
+  Deno.writeTextFileSync(`${src}/x/f.txt`, "edited");
+  const r = await mimeo(["sync", src, dst, "--log", log]);
+  assertEquals(r.code, 0, r.stderr);
+  assertEquals([lastSummary(log).check, lastSummary(log).manifestWritten], ["quick", true]);
+  assertMirror(src, dst);
+  const fp = (abs: string) => [Deno.lstatSync(abs).ino, Deno.lstatSync(abs).ctime!.getTime()];
+  // `x` is above what changed: listed again next time. The others are trusted from now on.
+  assertEquals(folderRows(man), {
+    "x/g": [...fp(`${dst}/x/g`), ...fp(`${src}/x/g`)],
+    y: [...fp(`${dst}/y`), ...fp(`${src}/y`)],
+  });
+  assertEquals(readManifest(man, true).entries.size, 6);
+});
+
 Deno.test("folder fingerprints are not recorded while exclude patterns hide names", async () => {
   await using p = await syncedPair({ "d/keep.txt": "k", "d/skip.log": "s" });
   const { src, dst, log, man } = p;
