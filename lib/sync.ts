@@ -307,8 +307,8 @@ function addDirFps(m: Manifest, replaced: Uint8Array, ix: ManifestIndex, dirFps:
   for (const [list, side] of [[dirFps.src, "src"], [dirFps.dst, "dst"]] as const) {
     for (let k = 0; k < list.length; k += 3) {
       const i = list[k];
-      if (replaced[i] && !mine[i]) continue; // written anew by the run, without one
       const p = paths[i];
+      if (replaced[i] && !mine[i]) continue; // written anew by the run, without one
       const o = i * INDEX_FIELDS;
       if (nums[o] !== Kind.Dir) throw new Error(`'${p}' is not a folder in the index`);
       if (!mine[i]) {
@@ -331,7 +331,9 @@ function addDirFps(m: Manifest, replaced: Uint8Array, ix: ManifestIndex, dirFps:
  * their recorded folder fingerprints go: what they list may have changed in this run
  * (`recorded` has none), and only a later run that lists them records new ones. The
  * fingerprints the quick checks proposed (`dirFps`) are recorded for the other folders,
- * whose listings this run did not touch.
+ * whose listings this run did not touch. When the run did nothing to the replica
+ * (`untouched`: no operation planned, so both sides and `recorded` list the same names),
+ * the folders above the roots are kept as they were, and get the proposed ones too.
  */
 function encodeSpliced(
   recorded: Manifest,
@@ -340,6 +342,7 @@ function encodeSpliced(
   lookup: PathLookup,
   file: Deno.FsFile,
   dirFps: DirFps | undefined,
+  untouched: boolean,
 ): EncodedManifest {
   const under = inOnlyMemo(roots);
   const inside: Manifest = { entries: new Map(), cache: new Map() };
@@ -350,7 +353,9 @@ function encodeSpliced(
     if (c) inside.cache.set(p, c);
   }
   const replaced = indexUnder(ix.paths, roots);
-  for (const r of roots) {
+  // Untouched, the folders above the roots keep their lines and rows (those they had are
+  // still right, and those the checks proposed are added below).
+  for (const r of untouched ? [] : roots) {
     for (let d = parentOf(r); d !== ""; d = parentOf(d)) {
       const i = lookup.get(d);
       if (i === undefined || replaced[i]) continue;
@@ -944,6 +949,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
               lookup ??= indexLookup(ix!),
               previous,
               options.only ? undefined : dirFps,
+              p.ops.length === 0 && p.deletesSkipped.length === 0,
             )
             : full(),
         );

@@ -590,6 +590,14 @@ Deno.test("a run with changes records the fingerprints of the folders its change
     y: [...fp(`${dst}/y`), ...fp(`${src}/y`)],
   });
   assertEquals(readManifest(man, true).entries.size, 6);
+  // A run that re-checks a file (its ctime moved) but has nothing to do to the replica:
+  // what the folders above it list did not change, so they are recorded too.
+  await sleep(1100);
+  Deno.chmodSync(`${src}/x/g/h.txt`, Deno.statSync(`${src}/x/g/h.txt`).mode! & 0o7777);
+  assertEquals((await mimeo(["sync", src, dst, "--log", log])).code, 0);
+  assertEquals([lastSummary(log).planned, lastSummary(log).manifestWritten], [0, true]);
+  assertEquals(Object.keys(folderRows(man)).sort(), ["x", "x/g", "y"]);
+  assertEquals(folderRows(man).x, [...fp(`${dst}/x`), ...fp(`${src}/x`)]);
 });
 
 Deno.test("folder fingerprints are not recorded while exclude patterns hide names", async () => {

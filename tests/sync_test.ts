@@ -117,10 +117,9 @@ Deno.test("a second sync with nothing changed writes nothing", async () => {
   sample(src);
   await syncJson(src, dst);
   // Files just written are re-hashed once (their ctime second had not ended): let it end.
+  // That run also records the folders' fingerprints.
   await new Promise((r) => setTimeout(r, 1100));
   await syncJson(src, dst);
-  // The first run with nothing to do records the folders' fingerprints (once).
-  assertEquals((await syncJson(src, dst)).manifestWritten, true);
   const before = Deno.lstatSync(`${dst}.mimeo.json`);
   const inode = Deno.lstatSync(`${dst}/big.bin`).ino;
   const s = await syncJson(src, dst);
