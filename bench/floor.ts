@@ -2,9 +2,11 @@
  * Deno's floor for a run with nothing to do: walk two trees with `Deno.readDirSync` and one
  * `Deno.lstatSync` per entry, the first on this thread and the second on a Worker at the
  * same time (as mimeo's quick check does), and nothing else: no index, no comparison, no
- * manifest. Any tool written for Deno that notices a changed file on either side must at
- * least stat every entry of both trees, so this process's wall time is the least a no-op
- * can cost here; `bench/run.ts` times it beside the tools (the "Deno floor" table).
+ * manifest: what a plain walk of both trees costs in Deno. Any tool that notices a changed
+ * file on either side must at least stat every entry of both trees; the listing it can skip
+ * where it knows a folder's names did not change (mimeo does, by the folder's fingerprint),
+ * so a no-op can go somewhat below this. `bench/run.ts` times it beside the tools (the
+ * "Deno floor" table).
  *
  * Usage: deno run --allow-read bench/floor.ts SOURCE REPLICA
  *
