@@ -55,10 +55,11 @@ export interface QuickResult {
    */
   changed: string[];
   /**
-   * Folder fingerprints to record for this side when the run turns out to have nothing to
-   * do, as triples `entry number, inode, ctime`: the folders that were listed because
-   * their recorded fingerprint did not match. `-1, -1` when the folder's ctime is still
-   * too recent to be trusted later (its recorded fingerprint is then dropped).
+   * Folder fingerprints to record for this side, as triples `entry number, inode, ctime`:
+   * the folders that were listed because their recorded fingerprint did not match. `-1, -1`
+   * when the folder's ctime is still too recent to be trusted later (its recorded
+   * fingerprint is then dropped). The run records them for the folders whose listing it
+   * did not change (see `encodeSpliced` in sync.ts).
    */
   dirFps: number[];
 }
@@ -162,8 +163,9 @@ export function quickCheck(
         lastSlash = slash;
         lastParent = slash < 0 ? "" : p.slice(0, slash);
         const j = dirIds.get(lastParent);
-        // (A parent the index lacks cannot happen in a valid index: checked as covered.)
-        parentState = j === undefined ? Dir.Covered : j < 0 ? Dir.Live : state[j];
+        // A parent the index lacks: not a manifest mimeo wrote. The full scan rebuilds it.
+        if (j === undefined) return undefined;
+        parentState = j < 0 ? Dir.Live : state[j];
       }
       const o = i * INDEX_FIELDS;
       const kind = nums[o];

@@ -477,6 +477,31 @@ Deno.test("quickCheck() lists exactly the paths that may differ, one path per ne
   );
 });
 
+Deno.test("quickCheck() gives up on an index with an entry whose folder it lacks", async () => {
+  await using d = await tempDir();
+  writeTree(`${d.path}/t`, { "a/b.txt": "b" });
+  const man = `${d.path}/m.json`;
+  const st = Deno.statSync(`${d.path}/t/a/b.txt`);
+  const m: Manifest = {
+    entries: new Map([["a/b.txt", {
+      type: "file",
+      size: 1,
+      mtime: Math.trunc(st.mtime!.getTime()),
+      mode: st.mode! & 0o7777,
+      sha256: "0".repeat(64),
+    }]]),
+    cache: new Map(),
+  };
+  writeReplicaManifest(man, encodeManifest(m, true), true);
+  const ix = readIndex(indexPathFor(man), Deno.statSync(man))!;
+  const now = Date.now();
+  // Followed by the index alone, `a/b.txt` would never be stat'ed: the run scans in full.
+  assertEquals(
+    quickCheck(`${d.path}/t`, ix, () => indexLookup(ix), { side: "source", now }),
+    undefined,
+  );
+});
+
 Deno.test("quickCheck() proposes folder fingerprints once a folder's ctime second has ended, and then trusts them", async () => {
   await using p = await syncedPair({ "d/a.txt": "a", "d/e/b.txt": "b", "c.txt": "c" });
   const { src, dst, man } = p;
