@@ -104,16 +104,6 @@ export function indexLookup(ix: ManifestIndex): PathLookup {
   };
 }
 
-/** Folder states of a quick check, by entry number. */
-const enum Dir {
-  /** Not a folder, or not reached. */
-  None = 0,
-  /** Its recorded entries are checked one by one. */
-  Live = 1,
-  /** Changed or gone: the pipeline re-scans it whole, nothing below it is checked. */
-  Covered = 2,
-}
-
 /**
  * Check the tree at `root` against the index; see {@linkcode QuickResult}. Undefined when
  * the check met a path it could not read or a special file. `lookup` is called (once) only
@@ -139,7 +129,9 @@ export function quickCheck(
   const trustDirs = exclude === undefined;
   const changed: string[] = [];
   const dirFps: number[] = [];
-  const state = new Uint8Array(paths.length);
+  // 1 for the folders whose recorded entries are checked one by one. A changed or gone
+  // folder stays 0: the pipeline re-scans it whole, and nothing below it is checked.
+  const live = new Uint8Array(paths.length);
   // Entry numbers of the folders, by path (the root is -1), to find each entry's parent.
   const dirIds = new Map<string, number>([["", -1]]);
   let lk: PathLookup | undefined;
@@ -154,7 +146,7 @@ export function quickCheck(
   };
   try {
     listNew("");
-    let lastParent = "", lastSlash = -1, parentState: number = Dir.Live;
+    let lastParent = "", lastSlash = -1, parentLive = true;
     for (let i = 0; i < paths.length; i++) {
       if ((i & 255) === 0) signal?.throwIfAborted();
       const p = paths[i];
@@ -165,19 +157,15 @@ export function quickCheck(
         const j = dirIds.get(lastParent);
         // A parent the index lacks: not a manifest mimeo wrote. The full scan rebuilds it.
         if (j === undefined) return undefined;
-        parentState = j < 0 ? Dir.Live : state[j];
+        parentLive = j < 0 || live[j] === 1;
       }
       const o = i * INDEX_FIELDS;
       const kind = nums[o];
       if (kind === Kind.Dir) dirIds.set(p, i);
-      if (parentState !== Dir.Live) {
-        if (kind === Kind.Dir) state[i] = Dir.Covered;
-        continue;
-      }
+      if (!parentLive) continue;
       if (exclude && exclude(p, kind === Kind.Dir)) {
         // Excluded now: the pipeline drops it.
         changed.push(p);
-        if (kind === Kind.Dir) state[i] = Dir.Covered;
         continue;
       }
       let st: Deno.FileInfo;
@@ -188,7 +176,6 @@ export function quickCheck(
           return undefined;
         }
         changed.push(p); // gone
-        if (kind === Kind.Dir) state[i] = Dir.Covered;
         continue;
       }
       if (st.isFile) {
@@ -199,15 +186,13 @@ export function quickCheck(
           nums[o + fpAt + 1] !== (st.ctime?.getTime() ?? 0) ||
           (racy && now - mtime < RACY_WINDOW_MS)
         ) changed.push(p);
-        if (kind === Kind.Dir) state[i] = Dir.Covered;
       } else if (st.isDirectory) {
         if (kind !== Kind.Dir || nums[o + 1] !== ((st.mode ?? 0) & 0o7777)) {
           // Re-scanned whole by the pipeline: no need to look inside.
           changed.push(p);
-          if (kind === Kind.Dir) state[i] = Dir.Covered;
           continue;
         }
-        state[i] = Dir.Live;
+        live[i] = 1;
         const ino = st.ino ?? 0, ctime = st.ctime?.getTime() ?? 0;
         const known = ino > 0 && ctime > 0;
         if (trustDirs && known && nums[o + fpAt] === ino && nums[o + fpAt + 1] === ctime) {
@@ -225,7 +210,6 @@ export function quickCheck(
         if (kind !== Kind.Symlink || targets.get(i) !== Deno.readLinkSync(`${root}/${p}`)) {
           changed.push(p);
         }
-        if (kind === Kind.Dir) state[i] = Dir.Covered;
       } else {
         return undefined; // a special file: the full scan reports it
       }

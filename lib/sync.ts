@@ -948,7 +948,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
               ix!,
               lookup ??= indexLookup(ix!),
               previous,
-              options.only ? undefined : dirFps,
+              dirFps,
               p.ops.length === 0 && p.deletesSkipped.length === 0,
             )
             : full(),
