@@ -33,6 +33,24 @@ export function isTrustworthy(n: FileNode): boolean {
     (!n.fp || n.hashedAt >= n.fp[1] + CTIME_TICK_MS);
 }
 
+/**
+ * Whether a replica file's recorded hash may be trusted later from its stat fingerprint.
+ * mimeo sets the mtime of what it writes to the source's, so an ordinary write after the
+ * fingerprint was taken sets the mtime (and the ctime) to the time of that write. It goes
+ * unseen only if it keeps both the mtime and the ctime's second, which needs the recorded
+ * mtime to fall in that second. So the fingerprint is trusted when the mtime is outside
+ * the ctime's second (a write later within that second sets a different mtime; a write in
+ * another second, a different ctime), or when the mtime is older than the moment the
+ * content was known by the racy window. No clock is compared with a file's timestamps in
+ * the first rule: both timestamps come from the replica's own file system.
+ */
+export function isReplicaTrustworthy(n: FileNode): boolean {
+  if (n.hashedAt === undefined) return true;
+  if (n.hashedAt - n.mtime >= RACY_WINDOW_MS) return true;
+  const ctime = n.fp?.[1] ?? 0;
+  return ctime > 0 && Math.floor(n.mtime / CTIME_TICK_MS) !== Math.floor(ctime / CTIME_TICK_MS);
+}
+
 /** Decides whether a relative path is excluded; `isDir` adds the trailing-slash form. */
 export type PathFilter = (path: string, isDir: boolean) => boolean;
 

@@ -33,8 +33,8 @@ import {
 } from "./manifest_index.ts";
 import { indexLookup, type PathLookup, quickCheck } from "./quick_check.ts";
 import {
+  isReplicaTrustworthy,
   isTrustworthy,
-  RACY_WINDOW_MS,
   reuseReplicaHashes,
   reuseSourceHashes,
   scanTree,
@@ -518,12 +518,7 @@ function recordManifest(state: Tree, src: Tree, repRoot: string): Manifest {
     entries.set(p, node);
     const s = src.get(p);
     const rec: CacheRecord = {};
-    // A replica fingerprint is trusted when the file's mtime (which mimeo set to the
-    // source's) is older than the moment its content was known by the racy window: any
-    // ordinary write after that sets mtime to "now", which differs.
-    if (node.fp && (node.hashedAt === undefined || node.hashedAt - node.mtime >= RACY_WINDOW_MS)) {
-      rec.dst = node.fp;
-    }
+    if (node.fp && isReplicaTrustworthy(node)) rec.dst = node.fp;
     if (
       s?.type === "file" && s.sha256 === node.sha256 && s.size === node.size &&
       s.mtime === node.mtime && s.fp && isTrustworthy(s)

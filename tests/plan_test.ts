@@ -1,6 +1,6 @@
-/** Unit tests of the pure planner on in-memory trees. */
+/** Unit tests of the pure planner on in-memory trees, and of the pure trust rules. */
 import { applyOp, isTempPath, type Op, plan } from "../lib/plan.ts";
-import type { Node, Tree } from "../lib/types.ts";
+import type { FileNode, Node, Tree } from "../lib/types.ts";
 import { assert, assertEquals } from "./helpers.ts";
 
 const H = (c: string) => c.repeat(64).slice(0, 64);
@@ -285,4 +285,33 @@ Deno.test("encodeTree()/decodeTree() round-trip every kind of entry", async () =
   ]);
   assertEquals(decodeTree(encodeTree(t)), t);
   assertEquals(decodeTree(encodeTree(new Map())), new Map());
+});
+
+Deno.test("isReplicaTrustworthy(): trusted unless the mtime falls in the ctime's second and is fresh", async () => {
+  const { isReplicaTrustworthy } = await import("../lib/scan.ts");
+  const node = (mtime: number, ctime: number, hashedAt?: number): FileNode => ({
+    type: "file",
+    size: 1,
+    mode: 0o644,
+    mtime,
+    sha256: H("a"),
+    fp: [7, ctime],
+    hashedAt,
+  });
+  const s = 1_700_000_000_000; // a whole second
+  // Fresh mtime in the ctime's second: a later write in that second could keep both.
+  assertEquals(isReplicaTrustworthy(node(s + 200, s, s + 400)), false);
+  assertEquals(isReplicaTrustworthy(node(s, s, s + 10)), false);
+  assertEquals(isReplicaTrustworthy(node(s + 999, s, s + 1999)), false);
+  // Fresh mtime in an earlier second: any later write changes the mtime or the ctime.
+  assertEquals(isReplicaTrustworthy(node(s - 1, s, s + 400)), true);
+  assertEquals(isReplicaTrustworthy(node(s - 800, s, s + 100)), true);
+  // ... or in a later one (a source on a file system whose clock runs ahead).
+  assertEquals(isReplicaTrustworthy(node(s + 1500, s, s + 400)), true);
+  // Unknown ctime: only the racy window counts.
+  assertEquals(isReplicaTrustworthy(node(s - 800, 0, s + 100)), false);
+  assertEquals(isReplicaTrustworthy(node(s - 2000, 0, s)), true);
+  // Old mtime, or taken from the cache: trusted as before.
+  assertEquals(isReplicaTrustworthy(node(s + 100, s, s + 2100)), true);
+  assertEquals(isReplicaTrustworthy(node(s + 100, s)), true);
 });

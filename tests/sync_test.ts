@@ -492,6 +492,33 @@ Deno.test("right after a first sync, source hashes come from the cache (no re-re
   assertEquals(Object.values(second.done).reduce((a, b) => a + b, 0), 0);
 });
 
+Deno.test("copies of fresh files made in a later second are trusted on the replica side", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  const files: Record<string, string> = {};
+  for (let i = 0; i < 20; i++) files[`f${i}.txt`] = `content ${i}`;
+  writeTree(src, files);
+  // Copy in the next second: the copies' mtime (the source's) is outside their ctime's
+  // second, though less than 2 s older than the copy.
+  const mtime = Deno.lstatSync(`${src}/f0.txt`).mtime!.getTime();
+  await new Promise((r) => setTimeout(r, 1050 - (Date.now() % 1000)));
+  await syncJson(src, dst);
+  const copied = Deno.lstatSync(`${dst}/f0.txt`);
+  assert(Date.now() - mtime < 2000, "the copy came too late for this test");
+  assert(Math.floor(copied.ctime!.getTime() / 1000) !== Math.floor(mtime / 1000));
+  // The source files are still within their racy window: hashed again. The replica's
+  // copies are not (before, every one of them was hashed again).
+  const second = await syncJson(src, dst);
+  assertEquals(second.hashed.replica, 0);
+  assert(second.hashed.source > 0, "the source's racy files should be hashed again");
+  assertEquals(Object.values(second.done).reduce((a, b) => a + b, 0), 0);
+  // A same-size rewrite of a trusted copy is still seen: its mtime moves.
+  Deno.writeTextFileSync(`${dst}/f3.txt`, "CONTENT 3");
+  const third = await syncJson(src, dst);
+  assertEquals(third.done.update, 1);
+  assertMirror(src, dst);
+});
+
 Deno.test("names of 255 UTF-8 bytes are mirrored (temporary names stay within NAME_MAX)", async () => {
   await using d = await tempDir();
   const src = `${d.path}/src`, dst = `${d.path}/dst`;
