@@ -927,7 +927,10 @@ function machineInfo(opts: Options): string[] {
   const memKB = Number(/MemTotal:\s*(\d+)/.exec(safeRead("/proc/meminfo"))?.[1] ?? 0);
   const nproc = run("nproc", []).out.trim() || String(navigator.hardwareConcurrency);
   const kernel = run("uname", ["-sr"]).out.trim();
-  const fs = run("stat", ["-f", "-c", "%T", opts.dir]).out.trim();
+  // `df` names ext4 as such; `stat -f` says "ext2/ext3" for the whole family.
+  const df = run("df", ["--output=fstype", opts.dir]);
+  const fs = (df.ok && df.out.trim().split("\n").at(-1)) ||
+    run("stat", ["-f", "-c", "%T", opts.dir]).out.trim();
   return [
     `machine: ${cpu}, nproc ${nproc}, ${
       (memKB / 1024 / 1024).toFixed(0)

@@ -126,7 +126,7 @@ async function copyFile(
       const fp = w.commit();
       const srcNode: FileNode = { ...expect, sha256: w.sha256, hashedAt: startedAt };
       o.src.set(path, srcNode);
-      return { ...expect, sha256: w.sha256, fp, hashedAt: Date.now() };
+      return { ...expect, sha256: w.sha256, fp, hashedAt: Date.now(), bornAt: w.bornAt };
     }
     w.discard();
     if (!after.isFile) throw new Error("source file was replaced while being copied");
@@ -209,7 +209,12 @@ export async function applyPlan(p: Plan, o: ApplyOptions): Promise<ApplyReport> 
           if (op.kind === "file") {
             const old = state.get(op.from) as FileNode;
             const st = Deno.lstatSync(`${target.root}/${op.to}`);
-            node = { ...old, fp: [st.ino ?? 0, st.ctime?.getTime() ?? 0], hashedAt: Date.now() };
+            node = {
+              ...old,
+              fp: [st.ino ?? 0, st.ctime?.getTime() ?? 0],
+              hashedAt: Date.now(),
+              bornAt: st.birthtime?.getTime(),
+            };
           }
           break;
         case "copy":
@@ -229,6 +234,7 @@ export async function applyPlan(p: Plan, o: ApplyOptions): Promise<ApplyReport> 
               mtime: op.mtime ?? old.mtime,
               fp,
               hashedAt: Date.now(),
+              bornAt: undefined,
             };
           }
           break;
@@ -311,6 +317,7 @@ export async function applyPlan(p: Plan, o: ApplyOptions): Promise<ApplyReport> 
         sha256: d.sha256,
         fp: d.fp,
         hashedAt: d.doneAt,
+        bornAt: d.bornAt,
       });
     });
     let running = true;

@@ -45,6 +45,8 @@ export interface CopyDone {
   startedAt: number;
   /** When it was renamed into place. */
   doneAt: number;
+  /** The replica file's birth time (ms), when the file system reports one. */
+  bornAt?: number;
 }
 
 /** Numbers per job in the transferred array: size, mtime, mode, ino, ctime. */
@@ -176,7 +178,15 @@ function copyOne(
       return undefined;
     }
     const fp = commitTemp(tmp, `${req.root}/${path}`, w.st);
-    return { i, sha256: w.sha256, size: w.size, fp, startedAt, doneAt: Date.now() };
+    return {
+      i,
+      sha256: w.sha256,
+      size: w.size,
+      fp,
+      startedAt,
+      doneAt: Date.now(),
+      bornAt: w.st.birthtime?.getTime(),
+    };
   } catch {
     return undefined; // writeTempSync and commitTemp leave no temporary file behind
   }

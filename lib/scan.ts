@@ -35,18 +35,23 @@ export function isTrustworthy(n: FileNode): boolean {
 
 /**
  * Whether a replica file's recorded hash may be trusted later from its stat fingerprint.
- * mimeo sets the mtime of what it writes to the source's, so an ordinary write after the
- * fingerprint was taken sets the mtime (and the ctime) to the time of that write. It goes
- * unseen only if it keeps both the mtime and the ctime's second, which needs the recorded
- * mtime to fall in that second. So the fingerprint is trusted when the mtime is outside
- * the ctime's second (a write later within that second sets a different mtime; a write in
- * another second, a different ctime), or when the mtime is older than the moment the
- * content was known by the racy window. No clock is compared with a file's timestamps in
- * the first rule: both timestamps come from the replica's own file system.
+ * mimeo sets the mtime of what it writes to the source's; an ordinary write afterwards sets
+ * the mtime and the ctime to the time of that write, which goes unseen only if it keeps the
+ * exact millisecond mtime and the ctime's second. Trusted when one of these rules out that
+ * a later write lands on the recorded mtime:
+ * - the mtime is older than the file's birth time (`bornAt`, known for files mimeo just
+ *   wrote or moved): a later write's time is at least the birth time;
+ * - the mtime lies outside the ctime's second: a later write within that second sets a
+ *   mtime in that second, and one in another second sets a different ctime;
+ * - the mtime is older than the moment the content was known by the racy window.
+ * The first two compare only timestamps of the replica's own file system, no clock. (A
+ * write that also puts the mtime back, within the same second, is the one case stat cannot
+ * see; `verify` and `--checksum` re-read.)
  */
 export function isReplicaTrustworthy(n: FileNode): boolean {
   if (n.hashedAt === undefined) return true;
   if (n.hashedAt - n.mtime >= RACY_WINDOW_MS) return true;
+  if (n.bornAt !== undefined && n.mtime < n.bornAt) return true;
   const ctime = n.fp?.[1] ?? 0;
   return ctime > 0 && Math.floor(n.mtime / CTIME_TICK_MS) !== Math.floor(ctime / CTIME_TICK_MS);
 }

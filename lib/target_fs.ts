@@ -24,6 +24,8 @@ export interface PendingWrite extends HashResult {
   commit(): Fingerprint;
   /** Delete the temporary file. */
   discard(): void;
+  /** The written file's birth time (ms), when the file system reports one. */
+  bornAt?: number;
   /**
    * The source changed while it was written (what was hashed is not what was copied): to
    * be discarded and tried again, like a source whose stat changed.
@@ -245,6 +247,7 @@ export class FsTarget implements Target {
       commit: () => commitTemp(tmp, dest, w.st),
       discard: () => removeQuietly(tmp),
       changed: w.changed,
+      bornAt: w.st.birthtime?.getTime(),
     };
   }
 

@@ -21,6 +21,12 @@ export interface FileNode {
   fp?: Fingerprint;
   /** When the hash was computed (ms since the epoch); for the racy-timestamp rule. */
   hashedAt?: number;
+  /**
+   * For a replica file mimeo just wrote or moved: its birth time (ms, the file system's own
+   * clock), when the file system reports one; for the replica's trust rule
+   * (`isReplicaTrustworthy`). Not recorded in the manifest.
+   */
+  bornAt?: number;
 }
 
 /** A folder. */

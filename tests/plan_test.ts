@@ -287,7 +287,7 @@ Deno.test("encodeTree()/decodeTree() round-trip every kind of entry", async () =
   assertEquals(decodeTree(encodeTree(new Map())), new Map());
 });
 
-Deno.test("isReplicaTrustworthy(): trusted unless the mtime falls in the ctime's second and is fresh", async () => {
+Deno.test("isReplicaTrustworthy(): trusted unless a fresh mtime falls in the ctime's second, not before the birth time", async () => {
   const { isReplicaTrustworthy } = await import("../lib/scan.ts");
   const node = (mtime: number, ctime: number, hashedAt?: number): FileNode => ({
     type: "file",
@@ -311,6 +311,11 @@ Deno.test("isReplicaTrustworthy(): trusted unless the mtime falls in the ctime's
   // Unknown ctime: only the racy window counts.
   assertEquals(isReplicaTrustworthy(node(s - 800, 0, s + 100)), false);
   assertEquals(isReplicaTrustworthy(node(s - 2000, 0, s)), true);
+  // Born (written by mimeo) after the mtime it was given: trusted even within the second.
+  const born = (mtime: number, bornAt: number) => ({ ...node(mtime, s, s + 400), bornAt });
+  assertEquals(isReplicaTrustworthy(born(s + 200, s + 201)), true);
+  assertEquals(isReplicaTrustworthy(born(s + 200, s + 200)), false);
+  assertEquals(isReplicaTrustworthy(born(s + 200, s + 150)), false);
   // Old mtime, or taken from the cache: trusted as before.
   assertEquals(isReplicaTrustworthy(node(s + 100, s, s + 2100)), true);
   assertEquals(isReplicaTrustworthy(node(s + 100, s)), true);

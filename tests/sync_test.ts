@@ -519,6 +519,43 @@ Deno.test("copies of fresh files made in a later second are trusted on the repli
   assertMirror(src, dst);
 });
 
+Deno.test("copies of fresh files made within their mtime's second are trusted by their birth time", async () => {
+  const n = 20;
+  // The copy must fall in the same second as the edit (else the test above applies): start
+  // right after a second begins; on a slow machine, try again.
+  for (let attempt = 1;; attempt++) {
+    await using d = await tempDir();
+    const src = `${d.path}/src`, dst = `${d.path}/dst`;
+    await new Promise((r) => setTimeout(r, 1020 - (Date.now() % 1000)));
+    const files: Record<string, string> = {};
+    for (let i = 0; i < n; i++) files[`f${i}.txt`] = `content ${i}`;
+    writeTree(src, files);
+    await syncJson(src, dst);
+    const mtime = Deno.lstatSync(`${src}/f0.txt`).mtime!.getTime();
+    const copy = Deno.lstatSync(`${dst}/f0.txt`);
+    if (Math.floor(copy.ctime!.getTime() / 1000) !== Math.floor(mtime / 1000)) {
+      assert(attempt < 5, "the copy never fell within its source's mtime second");
+      continue;
+    }
+    const second = await syncJson(src, dst);
+    if (copy.birthtime) {
+      // Born after the mtime it was given: any later write sets a later mtime.
+      assert(copy.birthtime.getTime() > mtime);
+      assertEquals(second.hashed.replica, 0);
+    } else {
+      // A file system without birth times: the copies are hashed again, once.
+      assertEquals(second.hashed.replica, n);
+    }
+    assertEquals(Object.values(second.done).reduce((a, b) => a + b, 0), 0);
+    // A same-size rewrite right away (within the same second, most likely) is still seen.
+    Deno.writeTextFileSync(`${dst}/f3.txt`, "CONTENT 3");
+    const third = await syncJson(src, dst);
+    assertEquals(third.done.update, 1);
+    assertMirror(src, dst);
+    return;
+  }
+});
+
 Deno.test("names of 255 UTF-8 bytes are mirrored (temporary names stay within NAME_MAX)", async () => {
   await using d = await tempDir();
   const src = `${d.path}/src`, dst = `${d.path}/dst`;
