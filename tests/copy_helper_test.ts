@@ -93,6 +93,37 @@ Deno.test("sync() shares a long run of copies with the helper thread, with the s
   assertEquals(again.hashed.source, 0);
 });
 
+Deno.test("copies the helper makes of just-edited files are trusted by their birth time", async () => {
+  const n = 400;
+  // Edited and copied within one second (so only the birth-time rule can trust the copies):
+  // start right after a second begins; on a slow machine, try again.
+  for (let attempt = 1;; attempt++) {
+    await using d = await tempDir();
+    const src = `${d.path}/src`, dst = `${d.path}/dst`;
+    await warmHelper(d.path);
+    await new Promise((r) => setTimeout(r, 1020 - (Date.now() % 1000)));
+    writeTree(src, manyFiles(n));
+    const r = await sync({ source: src, replica: dst, helperMinFiles: 1 });
+    assertEquals(r.exitCode, 0);
+    const second = (p: string) => Math.floor(Deno.lstatSync(p).ctime!.getTime() / 1000);
+    if (second(`${dst}/d1/sub 1/file-1.txt`) !== second(`${src}/d1/sub 1/file-1.txt`)) {
+      assert(attempt < 5, "the copies never fell within their sources' mtime second");
+      continue;
+    }
+    assert(r.copiedByHelper > 0, "the helper copied nothing");
+    const again = await sync({ source: src, replica: dst, helperMinFiles: 1 });
+    assertEquals(again.ops.length, 0);
+    if (Deno.lstatSync(`${dst}/d1/sub 1/file-1.txt`).birthtime) {
+      // Every copy, the helper's included, was born after the mtime it was given.
+      assertEquals(again.hashed.replica, 0);
+    } else {
+      assert(again.hashed.replica > 0, "without birth times the copies are hashed again");
+    }
+    assertMirror(src, dst);
+    return;
+  }
+});
+
 Deno.test("files the helper hands back are copied by the main thread", async () => {
   await using d = await tempDir();
   const src = `${d.path}/src`, dst = `${d.path}/dst`;
