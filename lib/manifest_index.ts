@@ -275,21 +275,26 @@ export function decodeIndex(
  */
 export function indexUnder(paths: readonly string[], roots: Iterable<string>): Uint8Array {
   const flags = new Uint8Array(paths.length);
-  const lowerBound = (s: string) => {
-    let lo = 0, hi = paths.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (paths[mid] < s) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
-  };
   for (const r of roots) {
-    const i = lowerBound(r);
+    const i = lowerBound(paths, r);
     if (paths[i] === r) flags[i] = 1;
-    flags.fill(1, lowerBound(`${r}/`), lowerBound(`${r}0`));
+    flags.fill(1, lowerBound(paths, `${r}/`), lowerBound(paths, `${r}0`));
   }
   return flags;
+}
+
+/**
+ * The first position in `paths` (sorted in code-unit order, as an index keeps them) whose
+ * path is not less than `s`: where `s` is, or would be inserted.
+ */
+export function lowerBound(paths: readonly string[], s: string): number {
+  let lo = 0, hi = paths.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (paths[mid] < s) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
 }
 
 /**

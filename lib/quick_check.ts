@@ -24,7 +24,7 @@
  *
  * @module
  */
-import { INDEX_FIELDS, Kind, type ManifestIndex } from "./manifest_index.ts";
+import { INDEX_FIELDS, Kind, lowerBound, type ManifestIndex } from "./manifest_index.ts";
 import { CTIME_TICK_MS, type PathFilter, RACY_WINDOW_MS } from "./scan.ts";
 
 /** Options for {@linkcode quickCheck}. */
@@ -40,11 +40,6 @@ export interface QuickCheckOptions {
   now: number;
   /** Checked every few hundred entries; an aborted check throws the signal's reason. */
   signal?: AbortSignal;
-}
-
-/** Path → entry number of an index (see {@linkcode indexLookup}). */
-export interface PathLookup {
-  get(path: string): number | undefined;
 }
 
 /** What {@linkcode quickCheck} found on one side. */
@@ -64,61 +59,33 @@ export interface QuickResult {
   dirFps: number[];
 }
 
-/** FNV-1a over the UTF-16 code units of a string. */
-function fnv1a(s: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
-  return h;
-}
-
 /**
- * Path → entry number of an index: an open-addressing table of entry numbers keyed by an
- * FNV-1a hash of the path, instead of a `Map`. A `Map` of 200,000 paths takes 211–222 ms
- * to build and query once (V8 hashes each string on first use); this table 114–123 ms
- * (bench/README.md).
+ * The entry number of `path` in an index's paths (sorted in code-unit order, as the manifest
+ * keeps them), by binary search; undefined when the index does not hold it.
  *
  * @example
  * ```ts
- * const lookup = indexLookup(ix);
- * const i = lookup.get("docs/readme.md"); // its entry number, or undefined
+ * const i = indexFind(ix.paths, "docs/readme.md"); // its entry number, or undefined
  * ```
  */
-export function indexLookup(ix: ManifestIndex): PathLookup {
-  const paths = ix.paths;
-  let size = 1024;
-  while (size < paths.length * 2) size *= 2;
-  const mask = size - 1;
-  const slots = new Int32Array(size).fill(-1);
-  for (let i = 0; i < paths.length; i++) {
-    let h = fnv1a(paths[i]) & mask;
-    while (slots[h] >= 0) h = (h + 1) & mask;
-    slots[h] = i;
-  }
-  return {
-    get(path: string): number | undefined {
-      for (let h = fnv1a(path) & mask, j = slots[h]; j >= 0; h = (h + 1) & mask, j = slots[h]) {
-        if (paths[j] === path) return j;
-      }
-      return undefined;
-    },
-  };
+export function indexFind(paths: readonly string[], path: string): number | undefined {
+  const i = lowerBound(paths, path);
+  return paths[i] === path ? i : undefined;
 }
 
 /**
  * Check the tree at `root` against the index; see {@linkcode QuickResult}. Undefined when
- * the check met a path it could not read or a special file. `lookup` is called (once) only
- * when a folder has to be listed.
+ * the check met a path it could not read or a special file.
  *
  * @example
  * ```ts
- * const r = quickCheck("src", ix, () => indexLookup(ix), { side: "source", now: Date.now() });
+ * const r = quickCheck("src", ix, { side: "source", now: Date.now() });
  * if (r?.changed.length === 0) console.log("nothing to do on this side");
  * ```
  */
 export function quickCheck(
   root: string,
   ix: ManifestIndex,
-  lookup: () => PathLookup,
   options: QuickCheckOptions,
 ): QuickResult | undefined {
   const { exclude, now, signal } = options;
@@ -134,19 +101,25 @@ export function quickCheck(
   const live = new Uint8Array(paths.length);
   // Entry numbers of the folders, by path (the root is -1), to find each entry's parent.
   const dirIds = new Map<string, number>([["", -1]]);
-  let lk: PathLookup | undefined;
-  /** Names in `dir` (relative, "" for the root) that the index does not hold: new. */
+  // The folders listed (relative, "" for the root), each with the names found in it that
+  // the walk has not met in the index yet. A folder's entry comes before its children in
+  // the index's order, so the walk takes each child's name out of its folder's set as it
+  // goes; what is left at the end is new. No table of the whole index is built: matching
+  // per folder took the same time as looking each listed path up in one, with nearly every
+  // folder listed (200,000 files, 1% changed; bench/README.md).
+  const listed = new Map<string, Set<string>>();
   const listNew = (dir: string) => {
-    lk ??= lookup();
+    const names = new Set<string>();
     for (const d of Deno.readDirSync(dir === "" ? root : `${root}/${dir}`)) {
-      const rel = dir === "" ? d.name : `${dir}/${d.name}`;
-      if (exclude && exclude(rel, d.isDirectory)) continue;
-      if (lk.get(rel) === undefined) changed.push(rel);
+      if (exclude && exclude(dir === "" ? d.name : `${dir}/${d.name}`, d.isDirectory)) continue;
+      names.add(d.name);
     }
+    if (names.size) listed.set(dir, names);
   };
   try {
     listNew("");
     let lastParent = "", lastSlash = -1, parentLive = true;
+    let parentNames = listed.get("");
     for (let i = 0; i < paths.length; i++) {
       if ((i & 255) === 0) signal?.throwIfAborted();
       const p = paths[i];
@@ -158,11 +131,13 @@ export function quickCheck(
         // A parent the index lacks: not a manifest mimeo wrote. The full scan rebuilds it.
         if (j === undefined) return undefined;
         parentLive = j < 0 || live[j] === 1;
+        parentNames = listed.get(lastParent);
       }
       const o = i * INDEX_FIELDS;
       const kind = nums[o];
       if (kind === Kind.Dir) dirIds.set(p, i);
       if (!parentLive) continue;
+      parentNames?.delete(slash < 0 ? p : p.slice(slash + 1));
       if (exclude && exclude(p, kind === Kind.Dir)) {
         // Excluded now: the pipeline drops it.
         changed.push(p);
@@ -217,6 +192,9 @@ export function quickCheck(
   } catch (e) {
     if (signal?.aborted) throw e;
     return undefined;
+  }
+  for (const [dir, names] of listed) {
+    for (const name of names) changed.push(dir === "" ? name : `${dir}/${name}`);
   }
   return { changed, dirFps };
 }

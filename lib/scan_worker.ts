@@ -12,7 +12,7 @@
 // matcher alone costs ~30 ms, so it is loaded only when there are patterns).
 import type { FilterOptions } from "./filter.ts";
 import { readIndex } from "./manifest_index.ts";
-import { indexLookup, quickCheck, type QuickResult } from "./quick_check.ts";
+import { quickCheck, type QuickResult } from "./quick_check.ts";
 import { scanTree } from "./scan.ts";
 import type { Node, ScanIssue, Tree } from "./types.ts";
 
@@ -194,7 +194,7 @@ if (WorkerGlobal !== undefined && globalThis instanceof WorkerGlobal) {
       if (req.kind === "quick") {
         const ix = readIndex(req.indexPath, req.manifestStat);
         const quick = ix &&
-          quickCheck(req.root, ix, () => indexLookup(ix), {
+          quickCheck(req.root, ix, {
             side: "replica",
             exclude,
             now: req.now,

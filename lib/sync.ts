@@ -31,7 +31,7 @@ import {
   type ManifestIndex,
   readIndex,
 } from "./manifest_index.ts";
-import { indexLookup, type PathLookup, quickCheck } from "./quick_check.ts";
+import { indexFind, quickCheck } from "./quick_check.ts";
 import {
   isReplicaTrustworthy,
   isTrustworthy,
@@ -251,15 +251,13 @@ export function manifestPart(m: Manifest, roots: Set<string>): Manifest {
 }
 
 /** {@linkcode manifestPart} read straight from an index (no whole manifest is built). */
-export function indexPart(
-  ix: ManifestIndex,
-  lookup: PathLookup,
-  roots: Set<string>,
-): Manifest {
+export function indexPart(ix: ManifestIndex, roots: Set<string>): Manifest {
   const picked: number[] = [];
+  const seen = new Set<string>();
   for (const r of roots) {
-    for (let d = parentOf(r); d !== ""; d = parentOf(d)) {
-      const i = lookup.get(d);
+    for (let d = parentOf(r); d !== "" && !seen.has(d); d = parentOf(d)) {
+      seen.add(d);
+      const i = indexFind(ix.paths, d);
       if (i !== undefined) picked.push(i);
     }
   }
@@ -339,7 +337,6 @@ function encodeSpliced(
   recorded: Manifest,
   roots: Set<string>,
   ix: ManifestIndex,
-  lookup: PathLookup,
   file: Deno.FsFile,
   dirFps: DirFps | undefined,
   untouched: boolean,
@@ -355,9 +352,11 @@ function encodeSpliced(
   const replaced = indexUnder(ix.paths, roots);
   // Untouched, the folders above the roots keep their lines and rows (those they had are
   // still right, and those the checks proposed are added below).
+  const seen = new Set<string>();
   for (const r of untouched ? [] : roots) {
-    for (let d = parentOf(r); d !== ""; d = parentOf(d)) {
-      const i = lookup.get(d);
+    for (let d = parentOf(r); d !== "" && !seen.has(d); d = parentOf(d)) {
+      seen.add(d);
+      const i = indexFind(ix.paths, d);
       if (i === undefined || replaced[i]) continue;
       replaced[i] = 1;
       // (A folder above a root that the replica no longer has goes from the manifest too.)
@@ -663,7 +662,6 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   // The quick path: with an index that matches the manifest, both sides are checked by
   // stat alone, and only what may differ is scanned, hashed and planned below.
   let ix: ManifestIndex | undefined;
-  let lookup: PathLookup | undefined;
   let only = options.only;
   // What each side's quick check found: only that is scanned again on that side (the rest
   // of the side matches the manifest, which is what the quick check established).
@@ -697,9 +695,8 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     if (!ix) inWorker?.catch(() => {});
     if (ix) {
       mark("index");
-      const getLookup = () => lookup ??= indexLookup(ix!);
       const check = (root: string, side: "source" | "replica") =>
-        quickCheck(root, ix!, getLookup, { side, exclude, now, signal: options.signal });
+        quickCheck(root, ix!, { side, exclude, now, signal: options.signal });
       const srcFound = check(source, "source");
       mark("quickSource");
       let repFound = await inWorker;
@@ -738,7 +735,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   const loaded = ix ? undefined : loadManifest(manifestPath, replicaExists);
   const roots = (ix || loaded) && only ? new Set(normalizeOnly(only)) : undefined;
   const old = roots
-    ? (ix ? indexPart(ix, lookup ??= indexLookup(ix), roots) : manifestPart(loaded!, roots))
+    ? (ix ? indexPart(ix, roots) : manifestPart(loaded!, roots))
     : ix
     ? indexToManifest(ix)
     : loaded;
@@ -941,7 +938,6 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
               recorded,
               roots!,
               ix!,
-              lookup ??= indexLookup(ix!),
               previous,
               dirFps,
               p.ops.length === 0 && p.deletesSkipped.length === 0,

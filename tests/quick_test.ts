@@ -22,10 +22,9 @@ import {
   indexToManifest,
   indexUnder,
   loadIndexDetails,
-  type ManifestIndex,
   readIndex,
 } from "../lib/manifest_index.ts";
-import { indexLookup, quickCheck } from "../lib/quick_check.ts";
+import { indexFind, quickCheck } from "../lib/quick_check.ts";
 import { INDEX_FIELDS } from "../lib/manifest_index.ts";
 import type { CacheRecord } from "../lib/manifest.ts";
 import type { Node } from "../lib/types.ts";
@@ -145,9 +144,9 @@ Deno.test("readIndex() reads up to the paths; loadIndexDetails() reads the rest,
   assertEquals(loadIndexDetails(again), false);
 });
 
-Deno.test("indexLookup() finds every path of an index and nothing else", () => {
+Deno.test("indexFind() finds every path of an index and nothing else", () => {
   const rng = new Rng(envInt("MIMEO_SEED", 3));
-  const parts = ["a", "b", "é", "データ", "x y", "😀", "a.b", "a/b"];
+  const parts = ["a", "b", "é", "データ", "x y", "😀", "a.b", "a/b", "a-b", "a0"];
   const set = new Set<string>();
   while (set.size < 5000) {
     set.add(
@@ -155,12 +154,11 @@ Deno.test("indexLookup() finds every path of an index and nothing else", () => {
     );
   }
   const paths = [...set].sort();
-  const lookup = indexLookup({ paths } as ManifestIndex);
-  paths.forEach((p, i) => assertEquals(lookup.get(`${p}`), i));
-  for (const p of ["", "zz", `${paths[0]}/`, `${paths[1]}x`, "a/b/"]) {
-    assertEquals(lookup.get(p), undefined, JSON.stringify(p));
+  paths.forEach((p, i) => assertEquals(indexFind(paths, `${p}`), i));
+  for (const p of ["", "zz", `${paths[0]}/`, `${paths[1]}x`, "a/b/", "\u{10ffff}"]) {
+    assertEquals(indexFind(paths, p), undefined, JSON.stringify(p));
   }
-  assertEquals(indexLookup({ paths: [] as string[] } as ManifestIndex).get("a"), undefined);
+  assertEquals(indexFind([], "a"), undefined);
 });
 
 Deno.test("bytesToHex() and hexToBytes() are inverses", () => {
@@ -210,7 +208,7 @@ Deno.test("manifestPart() and indexPart() take the roots and the folders above t
   const man = `${d.path}/m.json`;
   assertEquals(writeReplicaManifest(man, encodeManifest(whole, true), true), undefined);
   const ix = readIndex(indexPathFor(man), Deno.statSync(man))!;
-  const fromIx = indexPart(ix, indexLookup(ix), roots);
+  const fromIx = indexPart(ix, roots);
   assertEquals(new Map([...fromIx.entries].sort()), new Map([...part.entries].sort()));
   const rows = (m: Manifest) => [...m.cache].map(([q, c]) => [q, c.dst, c.src]);
   assertEquals(rows(fromIx), rows(part));
@@ -449,10 +447,9 @@ Deno.test("quickCheck() lists exactly the paths that may differ, one path per ne
   const { src, man } = p;
   const ix = readIndex(p.idx, Deno.statSync(man));
   assert(ix, "the first sync wrote an index");
-  const lookup = () => indexLookup(ix);
   const now = Date.now();
-  assertEquals(quickCheck(src, ix, lookup, { side: "source", now })?.changed, []);
-  assertEquals(quickCheck(p.dst, ix, lookup, { side: "replica", now })?.changed, []);
+  assertEquals(quickCheck(src, ix, { side: "source", now })?.changed, []);
+  assertEquals(quickCheck(p.dst, ix, { side: "replica", now })?.changed, []);
   Deno.writeTextFileSync(`${src}/edit.txt`, "edited");
   Deno.removeSync(`${src}/gone.txt`);
   Deno.removeSync(`${src}/olddir`, { recursive: true });
@@ -460,7 +457,7 @@ Deno.test("quickCheck() lists exactly the paths that may differ, one path per ne
   Deno.chmodSync(`${src}/modes`, 0o700);
   Deno.removeSync(`${src}/link`);
   Deno.symlinkSync("dir", `${src}/link`);
-  const found = quickCheck(src, ix, lookup, { side: "source", now })!;
+  const found = quickCheck(src, ix, { side: "source", now })!;
   assertEquals(found.changed.sort(), [
     "dir/b.txt",
     "edit.txt",
@@ -473,7 +470,46 @@ Deno.test("quickCheck() lists exactly the paths that may differ, one path per ne
   // A file inside the racy window (mtime less than 2 s before the run) is never trusted.
   const racyNow = Deno.statSync(`${src}/keep.txt`).mtime!.getTime() + 1000;
   assert(
-    quickCheck(src, ix, lookup, { side: "source", now: racyNow })!.changed.includes("keep.txt"),
+    quickCheck(src, ix, { side: "source", now: racyNow })!.changed.includes("keep.txt"),
+  );
+});
+
+Deno.test("quickCheck() finds new names per folder, also names other folders hold", async () => {
+  // Names repeat across folders and levels, and sort around a folder's "/" ("a-b", "a.b",
+  // "a0" next to "a"): a name is new in its own folder even where another folder has it.
+  await using p = await syncedPair({
+    "a/n.txt": "1",
+    "a/x/n.txt": "2",
+    "a/x/m.txt": "3",
+    "a-b/n.txt": "4",
+    "a.b": "5",
+    "a0/m.txt": "6",
+    "m.txt": "7",
+    "z/a/n.txt": "8",
+  });
+  const { src, man } = p;
+  const ix = readIndex(p.idx, Deno.statSync(man))!;
+  const now = Date.now();
+  assertEquals(quickCheck(src, ix, { side: "source", now })?.changed, []);
+  const newFiles = [
+    "n.txt",
+    "a/m.txt",
+    "a/x/a.b",
+    "a-b/m.txt",
+    "a0/n.txt",
+    "z/n.txt",
+    "z/a/m.txt",
+    "a/x/new/n.txt",
+  ];
+  writeTree(src, Object.fromEntries(newFiles.map((f) => [f, "new"])));
+  // A new folder stands for its contents.
+  const added = newFiles.map((f) => f.replace(/\/new\/.*$/, "/new"));
+  assertEquals(quickCheck(src, ix, { side: "source", now })?.changed.sort(), added.sort());
+  // With names excluded, they are not new.
+  const exclude = (q: string) => q.endsWith("m.txt");
+  assertEquals(
+    quickCheck(src, ix, { side: "source", now, exclude })?.changed.sort(),
+    ["a/x/m.txt", "a0/m.txt", "m.txt", ...added.filter((q) => !exclude(q))].sort(),
   );
 });
 
@@ -497,7 +533,7 @@ Deno.test("quickCheck() gives up on an index with an entry whose folder it lacks
   const now = Date.now();
   // Followed by the index alone, `a/b.txt` would never be stat'ed: the run scans in full.
   assertEquals(
-    quickCheck(`${d.path}/t`, ix, () => indexLookup(ix), { side: "source", now }),
+    quickCheck(`${d.path}/t`, ix, { side: "source", now }),
     undefined,
   );
 });
@@ -511,28 +547,27 @@ Deno.test("quickCheck() proposes folder fingerprints once a folder's ctime secon
     const st = Deno.lstatSync(abs);
     return [st.ino!, st.ctime!.getTime()];
   };
-  const lookup = () => indexLookup(ix);
   // Too recent (ctime's second not over when the run started): nothing to record.
   const early = fpOf(`${src}/d`)[1];
-  assertEquals(quickCheck(src, ix, lookup, { side: "source", now: early + 999 })!.dirFps, []);
+  assertEquals(quickCheck(src, ix, { side: "source", now: early + 999 })!.dirFps, []);
   // Later: both folders, with their inode and ctime, for the side checked.
   const later = Date.now() + 5000;
   for (const [root, side] of [[src, "source"], [dst, "replica"]] as const) {
-    const r = quickCheck(root, ix, lookup, { side, now: later })!;
+    const r = quickCheck(root, ix, { side, now: later })!;
     assertEquals(r.changed, []);
     assertEquals(r.dirFps, [at("d"), ...fpOf(`${root}/d`), at("d/e"), ...fpOf(`${root}/d/e`)]);
     // With exclude patterns, folder fingerprints are neither proposed nor trusted.
-    const excl = quickCheck(root, ix, lookup, { side, now: later, exclude: () => false })!;
+    const excl = quickCheck(root, ix, { side, now: later, exclude: () => false })!;
     assertEquals(excl, { changed: [], dirFps: [] });
   }
   // Recorded (as a no-op run does), a folder is trusted: no listing, no proposal.
   const o = at("d/e") * INDEX_FIELDS + 6;
   [ix.nums[o], ix.nums[o + 1]] = fpOf(`${src}/d/e`);
-  const r = quickCheck(src, ix, lookup, { side: "source", now: later })!;
+  const r = quickCheck(src, ix, { side: "source", now: later })!;
   assertEquals(r.dirFps, [at("d"), ...fpOf(`${src}/d`)]);
   // A new name in a folder changes its ctime: the fingerprint no longer matches.
   Deno.writeTextFileSync(`${src}/d/e/new.txt`, "n");
-  assertEquals(quickCheck(src, ix, lookup, { side: "source", now: later })!.changed, [
+  assertEquals(quickCheck(src, ix, { side: "source", now: later })!.changed, [
     "d/e/new.txt",
   ]);
 });
