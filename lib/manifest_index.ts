@@ -298,6 +298,20 @@ export function lowerBound(paths: readonly string[], s: string): number {
 }
 
 /**
+ * The entry number of `path` in an index's paths (sorted in code-unit order, as the manifest
+ * keeps them), by binary search; undefined when the index does not hold it.
+ *
+ * @example
+ * ```ts
+ * const i = indexFind(ix.paths, "docs/readme.md"); // its entry number, or undefined
+ * ```
+ */
+export function indexFind(paths: readonly string[], path: string): number | undefined {
+  const i = lowerBound(paths, path);
+  return paths[i] === path ? i : undefined;
+}
+
+/**
  * The manifest an index holds, as the in-memory form the pipeline uses: all of it, or
  * only the entries numbered in `which`.
  */

@@ -24,7 +24,7 @@
  *
  * @module
  */
-import { INDEX_FIELDS, Kind, lowerBound, type ManifestIndex } from "./manifest_index.ts";
+import { INDEX_FIELDS, Kind, type ManifestIndex } from "./manifest_index.ts";
 import { CTIME_TICK_MS, type PathFilter, RACY_WINDOW_MS } from "./scan.ts";
 
 /** Options for {@linkcode quickCheck}. */
@@ -57,20 +57,6 @@ export interface QuickResult {
    * did not change (see `encodeSpliced` in sync.ts).
    */
   dirFps: number[];
-}
-
-/**
- * The entry number of `path` in an index's paths (sorted in code-unit order, as the manifest
- * keeps them), by binary search; undefined when the index does not hold it.
- *
- * @example
- * ```ts
- * const i = indexFind(ix.paths, "docs/readme.md"); // its entry number, or undefined
- * ```
- */
-export function indexFind(paths: readonly string[], path: string): number | undefined {
-  const i = lowerBound(paths, path);
-  return paths[i] === path ? i : undefined;
 }
 
 /**

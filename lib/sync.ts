@@ -22,6 +22,7 @@ import { countOps, isTempPath, type Op, type Plan, plan } from "./plan.ts";
 import { granted, type SyncPaths, validatePaths } from "./paths.ts";
 import {
   INDEX_FIELDS,
+  indexFind,
   indexIsCurrent,
   indexPathFor,
   indexToManifest,
@@ -31,7 +32,7 @@ import {
   type ManifestIndex,
   readIndex,
 } from "./manifest_index.ts";
-import { indexFind, quickCheck } from "./quick_check.ts";
+import { quickCheck } from "./quick_check.ts";
 import {
   isReplicaTrustworthy,
   isTrustworthy,
@@ -250,17 +251,23 @@ export function manifestPart(m: Manifest, roots: Set<string>): Manifest {
   return { entries, cache, digest: m.digest };
 }
 
-/** {@linkcode manifestPart} read straight from an index (no whole manifest is built). */
-export function indexPart(ix: ManifestIndex, roots: Set<string>): Manifest {
-  const picked: number[] = [];
+/** Entry numbers of the folders above `roots` that the index holds, each once. */
+function foldersAbove(ix: ManifestIndex, roots: Iterable<string>): number[] {
+  const found: number[] = [];
   const seen = new Set<string>();
   for (const r of roots) {
     for (let d = parentOf(r); d !== "" && !seen.has(d); d = parentOf(d)) {
       seen.add(d);
       const i = indexFind(ix.paths, d);
-      if (i !== undefined) picked.push(i);
+      if (i !== undefined) found.push(i);
     }
   }
+  return found;
+}
+
+/** {@linkcode manifestPart} read straight from an index (no whole manifest is built). */
+export function indexPart(ix: ManifestIndex, roots: Set<string>): Manifest {
+  const picked = foldersAbove(ix, roots);
   const under = indexUnder(ix.paths, roots);
   for (let i = 0; i < under.length; i++) if (under[i]) picked.push(i);
   return indexToManifest(ix, picked);
@@ -352,17 +359,13 @@ function encodeSpliced(
   const replaced = indexUnder(ix.paths, roots);
   // Untouched, the folders above the roots keep their lines and rows (those they had are
   // still right, and those the checks proposed are added below).
-  const seen = new Set<string>();
-  for (const r of untouched ? [] : roots) {
-    for (let d = parentOf(r); d !== "" && !seen.has(d); d = parentOf(d)) {
-      seen.add(d);
-      const i = indexFind(ix.paths, d);
-      if (i === undefined || replaced[i]) continue;
-      replaced[i] = 1;
-      // (A folder above a root that the replica no longer has goes from the manifest too.)
-      const n = recorded.entries.get(d);
-      if (n) inside.entries.set(d, n);
-    }
+  for (const i of untouched ? [] : foldersAbove(ix, roots)) {
+    if (replaced[i]) continue;
+    replaced[i] = 1;
+    // (A folder above a root that the replica no longer has goes from the manifest too.)
+    const d = ix.paths[i];
+    const n = recorded.entries.get(d);
+    if (n) inside.entries.set(d, n);
   }
   if (dirFps) addDirFps(inside, replaced, ix, dirFps);
   return encodeManifest(inside, true, { ix, file, replaced });

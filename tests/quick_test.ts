@@ -17,15 +17,16 @@ import {
   bytesToHex,
   decodeIndex,
   hexToBytes,
+  INDEX_FIELDS,
   IndexBuilder,
+  indexFind,
   indexPathFor,
   indexToManifest,
   indexUnder,
   loadIndexDetails,
   readIndex,
 } from "../lib/manifest_index.ts";
-import { indexFind, quickCheck } from "../lib/quick_check.ts";
-import { INDEX_FIELDS } from "../lib/manifest_index.ts";
+import { quickCheck } from "../lib/quick_check.ts";
 import type { CacheRecord } from "../lib/manifest.ts";
 import type { Node } from "../lib/types.ts";
 import { indexPart, manifestPart, normalizeOnly, spliceManifest } from "../lib/sync.ts";
