@@ -216,7 +216,9 @@ export async function configureLogging(o: LoggingOptions): Promise<() => void> {
     reset: true,
     sinks,
     loggers: [
-      { category: ["mimeo"], lowestLevel: "debug", sinks: names },
+      // Without a log file, events below the console's level are dropped by the logger,
+      // before a record is built: 0.25 µs an event instead of 5 (one per operation).
+      { category: ["mimeo"], lowestLevel: o.logFile ? "debug" : consoleLevel, sinks: names },
       { category: ["logtape", "meta"], lowestLevel: "error", sinks: [] },
     ],
   });

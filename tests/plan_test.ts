@@ -1,7 +1,11 @@
-/** Unit tests of the pure planner on in-memory trees, and of the pure trust rules. */
+/**
+ * Unit tests of the pure planner on in-memory trees, of the pure trust rules, and of the
+ * temporary names the planner must recognize.
+ */
 import { applyOp, isTempPath, type Op, plan } from "../lib/plan.ts";
+import { FsTarget } from "../lib/target_fs.ts";
 import type { FileNode, Node, Tree } from "../lib/types.ts";
-import { assert, assertEquals } from "./helpers.ts";
+import { assert, assertEquals, assertMatch } from "./helpers.ts";
 
 const H = (c: string) => c.repeat(64).slice(0, 64);
 const f = (hash: string, size = 10, mode = 0o644, mtime = 1000): Node => ({
@@ -215,6 +219,22 @@ Deno.test("isTempPath() recognizes mimeo's temporary names only", () => {
   assert(isTempPath("a/.mimeo-tmp-0123abcd-file.txt"));
   assert(!isTempPath("a/mimeo-tmp-0123abcd-file.txt"));
   assert(!isTempPath(".mimeo-tmp-xyz-file"));
+});
+
+Deno.test("FsTarget.tempPathFor() gives distinct names that isTempPath() recognizes", () => {
+  const t = new FsTarget("/nonexistent-root");
+  const names = new Set<string>();
+  // Thousands of names: a random word below 0x10000000 (1 in 16) must still give 8 digits.
+  for (let i = 0; i < 5000; i++) {
+    const tmp = t.tempPathFor(i % 2 ? "d/e/file name.txt" : "top");
+    assert(isTempPath(tmp), tmp);
+    assertMatch(
+      tmp,
+      i % 2 ? /^d\/e\/\.mimeo-tmp-[0-9a-f]{8}-file name\.txt$/ : /^\.mimeo-tmp-[0-9a-f]{8}-top$/,
+    );
+    names.add(tmp);
+  }
+  assertEquals(names.size, 5000);
 });
 
 Deno.test("plan() survives a randomized property check (valid order, exact result)", () => {
