@@ -13,7 +13,7 @@ import { type LogEvent, logEvent } from "./log.ts";
 import { modeString } from "./manifest.ts";
 import { CopyHelper, type CopyJob } from "./copy_worker.ts";
 import { applyOp, type CopyOp, countOps, type Op, type Plan } from "./plan.ts";
-import { nodeFromStat, sameStat } from "./scan.ts";
+import { fingerprintOf, nodeFromStat, sameStat } from "./scan.ts";
 import {
   KERNEL_COPY_MIN_BYTES,
   type PendingWrite,
@@ -211,7 +211,7 @@ export async function applyPlan(p: Plan, o: ApplyOptions): Promise<ApplyReport> 
             const st = Deno.lstatSync(`${target.root}/${op.to}`);
             node = {
               ...old,
-              fp: [st.ino ?? 0, st.ctime?.getTime() ?? 0],
+              fp: fingerprintOf(st),
               hashedAt: Date.now(),
               bornAt: st.birthtime?.getTime(),
             };

@@ -9,7 +9,7 @@
  */
 import { errorCode, errorMessage } from "./errors.ts";
 import type { Manifest } from "./manifest.ts";
-import type { FileNode, Node, ScanIssue, Tree } from "./types.ts";
+import type { FileNode, Fingerprint, Node, ScanIssue, Tree } from "./types.ts";
 
 /**
  * A file whose mtime is closer than this to the moment it was hashed is not trusted from
@@ -20,6 +20,11 @@ export const RACY_WINDOW_MS = 2000;
 
 /** Deno reports ctime in whole seconds: a change within the same second keeps it. */
 export const CTIME_TICK_MS = 1000;
+
+/** A file's stat fingerprint: inode and ctime (0 where the file system reports none). */
+export function fingerprintOf(st: Deno.FileInfo): Fingerprint {
+  return [st.ino ?? 0, st.ctime?.getTime() ?? 0];
+}
 
 /**
  * Whether a file's recorded hash may be trusted later from its stat fingerprint: the hash
@@ -100,7 +105,7 @@ export function nodeFromStat(st: Deno.FileInfo, abs: string): Node | "special" {
       mtime: Math.trunc(st.mtime?.getTime() ?? 0),
       mode: (st.mode ?? 0o644) & 0o7777,
       sha256: undefined,
-      fp: [st.ino ?? 0, st.ctime?.getTime() ?? 0],
+      fp: fingerprintOf(st),
       hashedAt: undefined,
     };
   }

@@ -16,6 +16,7 @@
  */
 import { UnsafeConfigError } from "./errors.ts";
 import { CHUNK, copyAndHashSync, hashFileSliced, type HashResult, newHasher } from "./hash.ts";
+import { CTIME_TICK_MS, fingerprintOf } from "./scan.ts";
 import { type Fingerprint, isWithin, parentOf } from "./types.ts";
 
 /** A written but not yet committed file. */
@@ -94,10 +95,6 @@ function randomHex(): string {
     randomLeft = randomPool.length;
   }
   return randomPool[--randomLeft].toString(16).padStart(8, "0");
-}
-
-function fingerprintOf(st: Deno.FileInfo): Fingerprint {
-  return [st.ino ?? 0, st.ctime?.getTime() ?? 0];
 }
 
 /** Yield to the event loop so signals and timers get a turn during long work. */
@@ -405,7 +402,7 @@ export function commitTemp(tmp: string, dest: string, st: Deno.FileInfo): Finger
     throw e;
   }
   const fp = fingerprintOf(st);
-  if (Math.floor(Date.now() / 1000) === Math.floor(fp[1] / 1000)) return fp;
+  if (Math.floor(Date.now() / CTIME_TICK_MS) === Math.floor(fp[1] / CTIME_TICK_MS)) return fp;
   try {
     const now = Deno.lstatSync(dest);
     if (now.ino === st.ino) return fingerprintOf(now);
