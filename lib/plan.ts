@@ -162,26 +162,41 @@ export function applyOp(tree: Tree, op: Op, file?: FileNode): void {
   }
 }
 
-function commonSuffixParents(p: string, q: string): [string, string] | undefined {
-  const a = p.split("/");
-  const b = q.split("/");
-  let i = a.length - 1;
-  let j = b.length - 1;
-  let common = 0;
-  while (i >= 0 && j >= 0 && a[i] === b[j]) {
+/**
+ * The folders a file moved between, from its new path `p` and old path `q`: both paths
+ * without the longest run of trailing segments they share (`a/x/f` and `b/x/f` give `a`
+ * and `b`); undefined when the last segments differ. When one path is all shared tail (a
+ * folder moved deeper or shallower under the same name), one segment is given back so that
+ * both folders are non-empty: `x/y/a/1` and `a/1` give `x/y/a` and `a`.
+ *
+ * It compares characters from the end instead of splitting the paths: it runs once per
+ * moved file (9,000 of them when the benchmark renames its largest folder).
+ */
+export function commonSuffixParents(p: string, q: string): [string, string] | undefined {
+  let i = p.length, j = q.length;
+  while (i > 0 && j > 0 && p.charCodeAt(i - 1) === q.charCodeAt(j - 1)) {
     i--;
     j--;
-    common++;
   }
-  if (i < 0 || j < 0) {
-    // One side is all tail (a folder moved deeper or shallower under the same name):
-    // give one segment back so both folders are non-empty, e.g. a/1 → x/y/a/1 votes a → x/y/a.
-    i++;
-    j++;
-    common--;
+  // p.slice(i) === q.slice(j). The shared segments start at the first segment start at or
+  // after i that is one on both sides (one character apart from the mismatch on, both
+  // strings are equal, so a "/" in one is a "/" in the other).
+  const SLASH = 47;
+  let x = i, y = j;
+  if (!((i === 0 || p.charCodeAt(i - 1) === SLASH) && (j === 0 || q.charCodeAt(j - 1) === SLASH))) {
+    const s = p.indexOf("/", i);
+    if (s < 0) return undefined; // the last segments differ
+    x = s + 1;
+    y = j + (x - i);
   }
-  if (common === 0) return undefined;
-  return [a.slice(0, i + 1).join("/"), b.slice(0, j + 1).join("/")];
+  if (x === 0 || y === 0) {
+    // One side is all tail: give one segment back.
+    const s = p.indexOf("/", x);
+    if (s < 0) return undefined; // (the paths are equal and have one segment)
+    y += s + 1 - x;
+    x = s + 1;
+  }
+  return [p.slice(0, x - 1), q.slice(0, y - 1)];
 }
 
 /**

@@ -2,7 +2,7 @@
  * Unit tests of the pure planner on in-memory trees, of the pure trust rules, and of the
  * temporary names the planner must recognize.
  */
-import { applyOp, isTempPath, type Op, plan } from "../lib/plan.ts";
+import { applyOp, commonSuffixParents, isTempPath, type Op, plan } from "../lib/plan.ts";
 import { FsTarget } from "../lib/target_fs.ts";
 import type { FileNode, Node, Tree } from "../lib/types.ts";
 import { assert, assertEquals, assertMatch } from "./helpers.ts";
@@ -263,6 +263,43 @@ Deno.test("plan() survives a randomized property check (valid order, exact resul
     return t;
   };
   for (let i = 0; i < 400; i++) check(randomTree(), randomTree());
+});
+
+Deno.test("commonSuffixParents() agrees with a segment-by-segment reference", () => {
+  // The reference: split both paths, drop the shared trailing segments (giving one back
+  // when a side runs out), join what is left.
+  const reference = (p: string, q: string): [string, string] | undefined => {
+    const a = p.split("/"), b = q.split("/");
+    let i = a.length - 1, j = b.length - 1, common = 0;
+    while (i >= 0 && j >= 0 && a[i] === b[j]) [i, j, common] = [i - 1, j - 1, common + 1];
+    if (i < 0 || j < 0) [i, j, common] = [i + 1, j + 1, common - 1];
+    if (common === 0) return undefined;
+    return [a.slice(0, i + 1).join("/"), b.slice(0, j + 1).join("/")];
+  };
+  assertEquals(commonSuffixParents("a/x/f", "b/x/f"), ["a", "b"]);
+  assertEquals(commonSuffixParents("x/y/a/1", "a/1"), ["x/y/a", "a"]);
+  assertEquals(commonSuffixParents("a/1", "x/y/a/1"), ["a", "x/y/a"]);
+  assertEquals(commonSuffixParents("a/bc/f", "abc/f"), ["a/bc", "abc"]);
+  assertEquals(commonSuffixParents("a/b.txt", "c/d.txt"), undefined);
+  assertEquals(commonSuffixParents("f", "a/f"), undefined);
+  let seed = 7;
+  const rnd = (n: number) => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return (seed >>> 16) % n; // (the low bits of this generator cycle quickly)
+  };
+  // Short segments from a small alphabet (with "/" look-alikes at the edges of segments),
+  // so that shared tails, partial matches inside a segment and equal paths all come up.
+  const segs = ["a", "b", "ab", "ba", "é", "データ", "a.b", "x"];
+  const path = () => Array.from({ length: 1 + rnd(4) }, () => segs[rnd(segs.length)]).join("/");
+  let defined = 0;
+  for (let k = 0; k < 20000; k++) {
+    const p = path();
+    const q = rnd(3) === 0 ? `${path()}/${p.split("/").slice(rnd(2)).join("/")}` : path();
+    const want = reference(p, q);
+    assertEquals(commonSuffixParents(p, q), want, `${p} | ${q}`);
+    if (want) defined++;
+  }
+  assert(defined > 2000, `only ${defined} pairs shared a tail`);
 });
 
 Deno.test("truncateUtf8() keeps temporary names within NAME_MAX for any script", async () => {
