@@ -264,8 +264,7 @@ export function decodeIndex(
 
 /**
  * Which entries of an index are under one of `roots` (a root itself or anything below it),
- * as one flag per entry. The index is in sorted path order, so each root is two binary
- * searches: a root's own entry, and the block of paths starting with `root/` (all paths
+ * as one flag per entry. The index is in sorted path order, so each root is two searches: a root's own entry, and the block of paths starting with `root/` (all paths
  * from `root/` up to, not including, `root0`, the next character after `/`).
  *
  * @example
@@ -275,20 +274,40 @@ export function decodeIndex(
  */
 export function indexUnder(paths: readonly string[], roots: Iterable<string>): Uint8Array {
   const flags = new Uint8Array(paths.length);
+  // Roots usually come sorted (see `normalizeOnly`): each search starts from where the
+  // previous one ended, a few steps instead of a search of the whole index.
+  let hint = 0;
   for (const r of roots) {
-    const i = lowerBound(paths, r);
+    const i = lowerBound(paths, r, hint);
     if (paths[i] === r) flags[i] = 1;
-    flags.fill(1, lowerBound(paths, `${r}/`), lowerBound(paths, `${r}0`));
+    const from = lowerBound(paths, `${r}/`, i);
+    const to = lowerBound(paths, `${r}0`, from);
+    flags.fill(1, from, to);
+    hint = to;
   }
   return flags;
 }
 
 /**
  * The first position in `paths` (sorted in code-unit order, as an index keeps them) whose
- * path is not less than `s`: where `s` is, or would be inserted.
+ * path is not less than `s`: where `s` is, or would be inserted. `hint` is a guess of
+ * where: when the answer is at or after it, the search gallops forward from there (steps
+ * of 1, 2, 4, ...) and then halves that last step, so a guess close to the answer costs a
+ * few comparisons; otherwise it is a binary search of the paths before the guess.
  */
-export function lowerBound(paths: readonly string[], s: string): number {
+export function lowerBound(paths: readonly string[], s: string, hint = 0): number {
   let lo = 0, hi = paths.length;
+  if (hint > 0 && hint <= hi) {
+    if (paths[hint - 1] < s) {
+      lo = hint;
+      let probe = hint;
+      for (let step = 1; probe < hi && paths[probe] < s; step *= 2) {
+        lo = probe + 1;
+        probe = lo + step;
+      }
+      if (probe < hi) hi = probe;
+    } else hi = hint - 1;
+  }
   while (lo < hi) {
     const mid = (lo + hi) >>> 1;
     if (paths[mid] < s) lo = mid + 1;
@@ -321,8 +340,17 @@ export function indexToManifest(ix: ManifestIndex, which?: readonly number[]): M
   const cache = new Map<string, CacheRecord>();
   const { paths, nums } = ix;
   // One hex string for all hashes, sliced per file: a string per hash costs ~10× more.
-  const hex = which ? undefined : bytesToHex(ix.sha);
+  // With `which`, the hashes of those entries are gathered first (row k at k * 32).
   const n = which ? which.length : paths.length;
+  let sha = ix.sha;
+  if (which) {
+    sha = new Uint8Array(n * 32);
+    for (let k = 0; k < n; k++) {
+      const i = which[k];
+      sha.set(ix.sha.subarray(i * 32, i * 32 + 32), k * 32);
+    }
+  }
+  const hex = bytesToHex(sha);
   for (let k = 0; k < n; k++) {
     const i = which ? which[k] : k;
     const o = i * INDEX_FIELDS;
@@ -334,9 +362,7 @@ export function indexToManifest(ix: ManifestIndex, which?: readonly number[]): M
         size: nums[o + 2],
         mtime: nums[o + 3],
         mode: nums[o + 1],
-        sha256: hex
-          ? hex.slice(i * 64, i * 64 + 64)
-          : bytesToHex(ix.sha.subarray(i * 32, i * 32 + 32)),
+        sha256: which ? hex.slice(k * 64, k * 64 + 64) : hex.slice(i * 64, i * 64 + 64),
       };
       const dst = nums[o + 4] >= 0 ? [nums[o + 4], nums[o + 5]] as const : undefined;
       const src = nums[o + 6] >= 0 ? [nums[o + 6], nums[o + 7]] as const : undefined;

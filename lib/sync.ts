@@ -265,10 +265,32 @@ function foldersAbove(ix: ManifestIndex, roots: Iterable<string>): number[] {
   return found;
 }
 
+/** Where `roots` are in an index, found once per run (see {@linkcode rootsInIndex}). */
+const rootsFound = new WeakMap<Set<string>, {
+  ix: ManifestIndex;
+  under: Uint8Array;
+  above: readonly number[];
+}>();
+
+/**
+ * The entries of `ix` under `roots` (`indexUnder`) and the folders above them
+ * (`foldersAbove`). A run with changes needs both twice, to read its part of the index and
+ * to splice the manifest, and at 200,000 entries with 6,000 roots each costs 20-40 ms.
+ * Read-only: copy before changing them.
+ */
+function rootsInIndex(ix: ManifestIndex, roots: Set<string>) {
+  let found = rootsFound.get(roots);
+  if (found?.ix !== ix) {
+    found = { ix, under: indexUnder(ix.paths, roots), above: foldersAbove(ix, roots) };
+    rootsFound.set(roots, found);
+  }
+  return found;
+}
+
 /** {@linkcode manifestPart} read straight from an index (no whole manifest is built). */
 export function indexPart(ix: ManifestIndex, roots: Set<string>): Manifest {
-  const picked = foldersAbove(ix, roots);
-  const under = indexUnder(ix.paths, roots);
+  const { under, above } = rootsInIndex(ix, roots);
+  const picked = [...above];
   for (let i = 0; i < under.length; i++) if (under[i]) picked.push(i);
   return indexToManifest(ix, picked);
 }
@@ -356,10 +378,11 @@ function encodeSpliced(
     const c = recorded.cache.get(p);
     if (c) inside.cache.set(p, c);
   }
-  const replaced = indexUnder(ix.paths, roots);
+  const found = rootsInIndex(ix, roots);
+  const replaced = found.under.slice();
   // Untouched, the folders above the roots keep their lines and rows (those they had are
   // still right, and those the checks proposed are added below).
-  for (const i of untouched ? [] : foldersAbove(ix, roots)) {
+  for (const i of untouched ? [] : found.above) {
     if (replaced[i]) continue;
     replaced[i] = 1;
     // (A folder above a root that the replica no longer has goes from the manifest too.)

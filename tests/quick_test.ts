@@ -24,6 +24,7 @@ import {
   indexToManifest,
   indexUnder,
   loadIndexDetails,
+  lowerBound,
   readIndex,
 } from "../lib/manifest_index.ts";
 import { quickCheck } from "../lib/quick_check.ts";
@@ -160,6 +161,40 @@ Deno.test("indexFind() finds every path of an index and nothing else", () => {
     assertEquals(indexFind(paths, p), undefined, JSON.stringify(p));
   }
   assertEquals(indexFind([], "a"), undefined);
+});
+
+Deno.test("lowerBound() gives the same answer from any hint; indexUnder() the same flags in any root order", () => {
+  const rng = new Rng(envInt("MIMEO_SEED", 4));
+  const parts = ["a", "b", "é", "a.b", "a-b", "a0", "c"];
+  const set = new Set<string>();
+  // (7 + 49 + 343 + 2401 possible paths of 1 to 4 parts.)
+  while (set.size < 1500) {
+    set.add(Array.from({ length: rng.int(1, 4) }, () => rng.pick(parts)).join("/"));
+  }
+  const paths = [...set].sort();
+  // The answer without a hint, by a plain scan.
+  const scan = (s: string) => {
+    let i = 0;
+    while (i < paths.length && paths[i] < s) i++;
+    return i;
+  };
+  const probes = [...paths.slice(0, 300), "", "0", "zz", "a/", "a0/", "é/z", "b/a.b/"];
+  for (const s of probes) {
+    const want = scan(s);
+    assertEquals(lowerBound(paths, s), want, s);
+    // Hints before, at, just after and far after the answer, and past the end.
+    for (const h of [0, 1, want - 1, want, want + 1, want + 37, paths.length, paths.length + 5]) {
+      if (h >= 0) assertEquals(lowerBound(paths, s, h), want, `${s} from ${h}`);
+    }
+  }
+  assertEquals(lowerBound([], "a", 3), 0);
+  // indexUnder(): sorted roots (hints help) and shuffled ones (hints mislead) agree with a
+  // direct check of every path.
+  const roots = Array.from({ length: 60 }, () => rng.pick(paths)).sort();
+  const want = paths.map((p) => roots.some((r) => p === r || p.startsWith(`${r}/`)) ? 1 : 0);
+  assertEquals([...indexUnder(paths, roots)], want);
+  assertEquals([...indexUnder(paths, [...roots].reverse())], want);
+  assert(want.filter((x) => x).length > 60, "the roots cover too little to test anything");
 });
 
 Deno.test("bytesToHex() and hexToBytes() are inverses", () => {
