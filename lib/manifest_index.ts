@@ -264,8 +264,9 @@ export function decodeIndex(
 
 /**
  * Which entries of an index are under one of `roots` (a root itself or anything below it),
- * as one flag per entry. The index is in sorted path order, so each root is two searches: a root's own entry, and the block of paths starting with `root/` (all paths
- * from `root/` up to, not including, `root0`, the next character after `/`).
+ * as one flag per entry. The index is in sorted path order, so each root is two searches: a
+ * root's own entry, and the block of paths starting with `root/` (all paths from `root/` up
+ * to, not including, `root0`, the next character after `/`).
  *
  * @example
  * ```ts
@@ -292,7 +293,7 @@ export function indexUnder(paths: readonly string[], roots: Iterable<string>): U
  * The first position in `paths` (sorted in code-unit order, as an index keeps them) whose
  * path is not less than `s`: where `s` is, or would be inserted. `hint` is a guess of
  * where: when the answer is at or after it, the search gallops forward from there (steps
- * of 1, 2, 4, ...) and then halves that last step, so a guess close to the answer costs a
+ * of 1, 2, 4, ...) and then bisects the last step, so a guess close to the answer costs a
  * few comparisons; otherwise it is a binary search of the paths before the guess.
  */
 export function lowerBound(paths: readonly string[], s: string, hint = 0): number {

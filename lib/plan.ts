@@ -178,9 +178,9 @@ export function commonSuffixParents(p: string, q: string): [string, string] | un
     i--;
     j--;
   }
-  // p.slice(i) === q.slice(j). The shared segments start at the first segment start at or
-  // after i that is one on both sides (one character apart from the mismatch on, both
-  // strings are equal, so a "/" in one is a "/" in the other).
+  // p.slice(i) === q.slice(j): past the mismatch a "/" in one is a "/" in the other. The
+  // shared segments start at the mismatch when a segment starts there on both sides, else
+  // after the first "/" past it.
   const SLASH = 47;
   let x = i, y = j;
   if (!((i === 0 || p.charCodeAt(i - 1) === SLASH) && (j === 0 || q.charCodeAt(j - 1) === SLASH))) {

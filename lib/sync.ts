@@ -275,8 +275,8 @@ const rootsFound = new WeakMap<Set<string>, {
 /**
  * The entries of `ix` under `roots` (`indexUnder`) and the folders above them
  * (`foldersAbove`). A run with changes needs both twice, to read its part of the index and
- * to splice the manifest, and at 200,000 entries with 6,000 roots each costs 20-40 ms.
- * Read-only: copy before changing them.
+ * to splice the manifest (a CPU profile of a 1% change at 200,000 files: 56 ms for the two
+ * `indexUnder` calls, 24 for the two `foldersAbove`). Read-only: copy before changing them.
  */
 function rootsInIndex(ix: ManifestIndex, roots: Set<string>) {
   let found = rootsFound.get(roots);

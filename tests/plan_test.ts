@@ -287,8 +287,8 @@ Deno.test("commonSuffixParents() agrees with a segment-by-segment reference", ()
     seed = (seed * 1103515245 + 12345) & 0x7fffffff;
     return (seed >>> 16) % n; // (the low bits of this generator cycle quickly)
   };
-  // Short segments from a small alphabet (with "/" look-alikes at the edges of segments),
-  // so that shared tails, partial matches inside a segment and equal paths all come up.
+  // Short segments from a small alphabet, so that shared tails, matches that end inside a
+  // segment ("ab" against "b") and equal paths all come up.
   const segs = ["a", "b", "ab", "ba", "é", "データ", "a.b", "x"];
   const path = () => Array.from({ length: 1 + rnd(4) }, () => segs[rnd(segs.length)]).join("/");
   let defined = 0;
