@@ -184,6 +184,11 @@ function fmtSecs(s: number): string {
   return s >= 10 ? s.toFixed(2) : s.toFixed(3);
 }
 
+/** A share (0–1) as a whole percentage. */
+function fmtPct(x: number): string {
+  return `${Math.round(x * 100)}%`;
+}
+
 function fmtMB(bytes: number): string {
   return `${(bytes / 1e6).toFixed(1)} MB`;
 }
@@ -307,6 +312,11 @@ interface RunResult {
   rssKB: number | null;
   /** CPUs' worth of work done by other processes during the run (busy CPU-s / wall s). */
   otherCpus: number | null;
+  /**
+   * Share of the run's wall time in which some task of the machine (the tool's included)
+   * was stalled on I/O: the growth of "some total" in /proc/pressure/io, over the wall time.
+   */
+  ioStall: number | null;
   code: number;
   timedOut: boolean;
   output: string;
@@ -321,6 +331,12 @@ function cpuBusySeconds(): number | null {
   // user nice system idle iowait irq softirq steal ...: everything but idle and iowait
   const busy = fields.slice(0, 8).reduce((a, b) => a + b, 0) - fields[3] - fields[4];
   return busy / 100;
+}
+
+/** Microseconds some task has been stalled on I/O since boot (PSI), when the kernel says. */
+function ioStallMicros(): number | null {
+  const m = /^some .*total=(\d+)/m.exec(safeRead("/proc/pressure/io"));
+  return m ? Number(m[1]) : null;
 }
 
 /**
@@ -352,6 +368,7 @@ async function runTool(tool: Tool, src: string, dst: string, opts: Options): Pro
     stderr: "piped",
   });
   const busy0 = cpuBusySeconds();
+  const io0 = ioStallMicros();
   const t0 = performance.now();
   const child = command.spawn();
   currentChild = child;
@@ -359,6 +376,10 @@ async function runTool(tool: Tool, src: string, dst: string, opts: Options): Pro
   const seconds = (performance.now() - t0) / 1000;
   currentChild = null;
   const busy1 = cpuBusySeconds();
+  const io1 = ioStallMicros();
+  const ioStall = io0 !== null && io1 !== null && seconds > 0
+    ? Math.min(1, Math.max(0, (io1 - io0) / 1e6 / seconds))
+    : null;
   let rssKB: number | null = null;
   let otherCpus: number | null = null;
   try {
@@ -376,6 +397,7 @@ async function runTool(tool: Tool, src: string, dst: string, opts: Options): Pro
     seconds,
     rssKB,
     otherCpus,
+    ioStall,
     code: out.code,
     timedOut: out.code === 124,
     output: decoder.decode(out.stdout) + decoder.decode(out.stderr),
@@ -526,6 +548,7 @@ interface Series {
   times: number[];
   rssKB: number[];
   otherCpus: number[];
+  ioStall: number[];
   failed: number;
   wrong: number;
   verified: number;
@@ -550,6 +573,7 @@ function newRow(id: string, title: string, tools: Tool[]): Row {
       times: [],
       rssKB: [],
       otherCpus: [],
+      ioStall: [],
       failed: 0,
       wrong: 0,
       verified: 0,
@@ -709,13 +733,15 @@ class Bench {
       if (r.ok) {
         if (r.rssKB !== null) series.rssKB.push(r.rssKB);
         if (r.otherCpus !== null) series.otherCpus.push(r.otherCpus);
+        if (r.ioStall !== null) series.ioStall.push(r.ioStall);
         series.times.push(r.seconds);
         synced.push(tool);
         const others = r.otherCpus === null ? "?" : r.otherCpus.toFixed(2);
+        const stall = r.ioStall === null ? "" : `, I/O stall ${fmtPct(r.ioStall)}`;
         log(
           `${label} ${tool.padEnd(6)} ${
             fmtSecs(r.seconds)
-          } s, peak RSS ${rss}, other CPU ${others}`,
+          } s, peak RSS ${rss}, other CPU ${others}${stall}`,
         );
       } else {
         series.failed++;
@@ -967,6 +993,13 @@ function report(bench: Bench, header: string[]): string {
         `load average at the end ${loadAvg().join(" ")}`,
     );
   }
+  const stalls = rows.flatMap((r) => [...r.per.values()].flatMap((s) => s.ioStall));
+  if (stalls.length > 0) {
+    lines.push(
+      `- share of each timed run with some task stalled on I/O (/proc/pressure/io; the tool's ` +
+        `own waits included): median ${fmtPct(median(stalls))}, max ${fmtPct(Math.max(...stalls))}`,
+    );
+  }
   for (const t of bench.trees.values()) {
     const s = t.stats!;
     lines.push(
@@ -1047,7 +1080,10 @@ function report(bench: Bench, header: string[]): string {
       const others = s.otherCpus.length
         ? `; other CPU ${s.otherCpus.map((x) => x.toFixed(2)).join(", ")}`
         : "";
-      lines.push(`- ${row.id} ${tool}: ${times}${s.failed ? `; ${s.failed} failed` : ""}${others}`);
+      const stalls = s.ioStall.length ? `; I/O stall ${s.ioStall.map(fmtPct).join(", ")}` : "";
+      lines.push(
+        `- ${row.id} ${tool}: ${times}${s.failed ? `; ${s.failed} failed` : ""}${others}${stalls}`,
+      );
       for (const n of s.notes) lines.push(`  - ${n}`);
     }
   }
