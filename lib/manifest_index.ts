@@ -341,7 +341,7 @@ export function indexToManifest(ix: ManifestIndex, which?: readonly number[]): M
   const cache = new Map<string, CacheRecord>();
   const { paths, nums } = ix;
   // One hex string for all hashes, sliced per file: a string per hash costs ~10× more.
-  // With `which`, the hashes of those entries are gathered first (row k at k * 32).
+  // With `which`, the hashes of those entries are gathered first: row k at k * 32.
   const n = which ? which.length : paths.length;
   let sha = ix.sha;
   if (which) {
@@ -363,7 +363,7 @@ export function indexToManifest(ix: ManifestIndex, which?: readonly number[]): M
         size: nums[o + 2],
         mtime: nums[o + 3],
         mode: nums[o + 1],
-        sha256: which ? hex.slice(k * 64, k * 64 + 64) : hex.slice(i * 64, i * 64 + 64),
+        sha256: hex.slice(k * 64, k * 64 + 64), // (without `which`, k is i)
       };
       const dst = nums[o + 4] >= 0 ? [nums[o + 4], nums[o + 5]] as const : undefined;
       const src = nums[o + 6] >= 0 ? [nums[o + 6], nums[o + 7]] as const : undefined;

@@ -265,31 +265,31 @@ function foldersAbove(ix: ManifestIndex, roots: Iterable<string>): number[] {
   return found;
 }
 
-/** Where `roots` are in an index, found once per run (see {@linkcode rootsInIndex}). */
-const rootsFound = new WeakMap<Set<string>, {
-  ix: ManifestIndex;
+/** Where a run's roots are in an index (see {@linkcode rootsInIndex}). Read-only. */
+interface RootsInIndex {
+  /** One flag per entry: under a root (`indexUnder`). */
   under: Uint8Array;
+  /** Entry numbers of the folders above the roots (`foldersAbove`). */
   above: readonly number[];
-}>();
+}
 
 /**
- * The entries of `ix` under `roots` (`indexUnder`) and the folders above them
- * (`foldersAbove`). A run with changes needs both twice, to read its part of the index and
- * to splice the manifest (a CPU profile of a 1% change at 200,000 files: 56 ms for the two
- * `indexUnder` calls, 24 for the two `foldersAbove`). Read-only: copy before changing them.
+ * Where `roots` are in `ix`. A run with changes needs it twice, to read its part of the
+ * index and to splice the manifest, so `sync()` finds it once and passes it to both (a CPU
+ * profile of a 1% change at 200,000 files: 56 ms for two `indexUnder` calls, 24 for two
+ * `foldersAbove`).
  */
-function rootsInIndex(ix: ManifestIndex, roots: Set<string>) {
-  let found = rootsFound.get(roots);
-  if (found?.ix !== ix) {
-    found = { ix, under: indexUnder(ix.paths, roots), above: foldersAbove(ix, roots) };
-    rootsFound.set(roots, found);
-  }
-  return found;
+function rootsInIndex(ix: ManifestIndex, roots: Set<string>): RootsInIndex {
+  return { under: indexUnder(ix.paths, roots), above: foldersAbove(ix, roots) };
 }
 
 /** {@linkcode manifestPart} read straight from an index (no whole manifest is built). */
-export function indexPart(ix: ManifestIndex, roots: Set<string>): Manifest {
-  const { under, above } = rootsInIndex(ix, roots);
+export function indexPart(
+  ix: ManifestIndex,
+  roots: Set<string>,
+  found: RootsInIndex = rootsInIndex(ix, roots),
+): Manifest {
+  const { under, above } = found;
   const picked = [...above];
   for (let i = 0; i < under.length; i++) if (under[i]) picked.push(i);
   return indexToManifest(ix, picked);
@@ -369,6 +369,7 @@ function encodeSpliced(
   file: Deno.FsFile,
   dirFps: DirFps | undefined,
   untouched: boolean,
+  found: RootsInIndex,
 ): EncodedManifest {
   const under = inOnlyMemo(roots);
   const inside: Manifest = { entries: new Map(), cache: new Map() };
@@ -378,7 +379,6 @@ function encodeSpliced(
     const c = recorded.cache.get(p);
     if (c) inside.cache.set(p, c);
   }
-  const found = rootsInIndex(ix, roots);
   const replaced = found.under.slice();
   // Untouched, the folders above the roots keep their lines and rows (those they had are
   // still right, and those the checks proposed are added below).
@@ -760,8 +760,10 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   if (ix && !loadIndexDetails(ix)) ix = undefined;
   const loaded = ix ? undefined : loadManifest(manifestPath, replicaExists);
   const roots = (ix || loaded) && only ? new Set(normalizeOnly(only)) : undefined;
+  // Found once: the part is read with it now, and the manifest spliced with it at the end.
+  const inIndex = ix && roots ? rootsInIndex(ix, roots) : undefined;
   const old = roots
-    ? (ix ? indexPart(ix, roots) : manifestPart(loaded!, roots))
+    ? (ix ? indexPart(ix, roots, inIndex) : manifestPart(loaded!, roots))
     : ix
     ? indexToManifest(ix)
     : loaded;
@@ -967,6 +969,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
               previous,
               dirFps,
               p.ops.length === 0 && p.deletesSkipped.length === 0,
+              inIndex!, // (a previous file is opened only with an index and roots)
             )
             : full(),
         );
