@@ -114,6 +114,31 @@ export function nodeFromStat(st: Deno.FileInfo, abs: string): Node | "special" {
   return "special";
 }
 
+/**
+ * Whether `name`, listed in the folder `absDir`, is a name no Deno call can reach: Deno
+ * gives names as text, so bytes that are not valid UTF-8 come back as U+FFFD and the name
+ * it returns does not exist. Checked only after a "not found": the name must have U+FFFD
+ * and still be listed (a file that was merely deleted is not).
+ */
+export function unaddressable(absDir: string, name: string): boolean {
+  if (!name.includes("\uFFFD")) return false;
+  try {
+    for (const d of Deno.readDirSync(absDir)) if (d.name === name) return true;
+  } catch { /* the folder went too: the name is simply gone */ }
+  return false;
+}
+
+/** The scan issue for a name that {@linkcode unaddressable} found. */
+export function badNameIssue(path: string): ScanIssue {
+  return {
+    path,
+    level: "error",
+    code: "EILSEQ",
+    message:
+      "the name is not valid UTF-8 (shown with U+FFFD for the bad bytes); mimeo cannot read, copy or delete it: rename it",
+  };
+}
+
 /** The node for one path, or `"special"` for FIFOs, sockets and devices. Throws on I/O errors. */
 export function statNode(abs: string): Node | "special" {
   return nodeFromStat(Deno.lstatSync(abs), abs);
@@ -154,6 +179,15 @@ export function scanTree(root: string, options: ScanOptions = {}): ScanResult {
         } catch (e) {
           if (!(e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory)) {
             issue(p, e);
+          } else if (
+            e instanceof Deno.errors.NotFound &&
+            unaddressable(
+              i === 1 ? root : `${root}/${parts.slice(0, i - 1).join("/")}`,
+              parts[i - 1],
+            )
+          ) {
+            // Not gone: listed, but not reachable by its name (a path from a listing).
+            issues.push(badNameIssue(p));
           }
           ok = false;
           break;
@@ -190,7 +224,9 @@ export function scanTree(root: string, options: ScanOptions = {}): ScanResult {
       try {
         node = statNode(abs);
       } catch (e) {
-        issue(rel, e);
+        if (e instanceof Deno.errors.NotFound && unaddressable(absDir, d.name)) {
+          issues.push(badNameIssue(rel));
+        } else issue(rel, e);
         continue;
       }
       if (node === "special") {

@@ -324,6 +324,20 @@ interface DirFps {
 }
 
 /**
+ * The triples of `fps` (see `QuickResult.dirFps`) without those of the folders that hold an
+ * entry with an error in `issues`.
+ */
+function withoutParentsOf(fps: number[], ix: ManifestIndex, issues: ScanIssue[]): number[] {
+  const parents = new Set(issues.filter((i) => i.level === "error").map((i) => parentOf(i.path)));
+  if (!parents.size) return fps;
+  const kept: number[] = [];
+  for (let k = 0; k < fps.length; k += 3) {
+    if (!parents.has(ix.paths[fps[k]])) kept.push(fps[k], fps[k + 1], fps[k + 2]);
+  }
+  return kept;
+}
+
+/**
  * Add the folders of `dirFps` that `replaced` does not already cover to `m` and
  * `replaced`, with their cache rows: the proposed fingerprint for a side that has one, the
  * recorded one for the other side.
@@ -628,9 +642,19 @@ function summaryText(r: SyncReport): string {
   add(d.delete, "deleted");
   add(d.rmdir, "folder removed", "folders removed");
   const secs = (r.durationMs / 1000).toFixed(2);
-  const head = r.stopped ? "stopped" : r.failures.length ? "finished with errors" : "synced";
-  const what = parts.length ? parts.join(", ") : "nothing to do";
-  const fails = r.failures.length ? `, ${r.failures.length} failed` : "";
+  const unreadable = r.scanIssues.filter((i) => i.level === "error").length;
+  const head = r.stopped
+    ? "stopped"
+    : r.failures.length || unreadable
+    ? "finished with errors"
+    : "synced";
+  const what = parts.length
+    ? parts.join(", ")
+    : r.failures.length || unreadable
+    ? "nothing done"
+    : "nothing to do";
+  const fails = (r.failures.length ? `, ${r.failures.length} failed` : "") +
+    (unreadable ? `, ${unreadable} unreadable` : "");
   return `${head}: ${what}${fails}; ${
     formatBytes(r.bytesCopied)
   } copied, ${r.entries} entries, ${secs} s`;
@@ -838,6 +862,14 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     }
   }
   const sourceErrors = issues.some((i) => i.level === "error");
+  // A folder holding a name that could not be read does not list what the manifest holds:
+  // no fingerprint for it, so that the next run lists it and meets the problem again.
+  if (dirFps && ix) {
+    dirFps = {
+      src: withoutParentsOf(dirFps.src, ix, issues),
+      dst: withoutParentsOf(dirFps.dst, ix, replicaIssues),
+    };
+  }
 
   // Safety: an empty source must not silently wipe a mirror.
   const repCount = outside + [...rep.keys()].filter((p) => !isTempPath(p)).length;
@@ -887,7 +919,8 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   report.hashed = hashed;
   report.scannedInWorker = repScanFromWorker || repQuickInWorker;
   report.check = quick === "changes" ? "quick" : "full";
-  if (sourceErrors) report.exitCode = ExitCode.PartialFailure;
+  // The replica's unreadable entries stay as they are: it is not known to be a mirror.
+  if (sourceErrors || replicaIssues.length) report.exitCode = ExitCode.PartialFailure;
   if (dryRun) return finish(report, t0, marks);
 
   if (!replicaExists) Deno.mkdirSync(replica, { recursive: true });

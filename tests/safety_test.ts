@@ -333,6 +333,51 @@ Deno.test("special files are skipped with a warning", async () => {
   assertEquals(Object.keys(snapshot(dst)), ["a.txt"]);
 });
 
+Deno.test("a name that is not valid UTF-8 is an error on every run, in the source or the replica", async () => {
+  // Deno gives names as text: such a name comes back with U+FFFD and cannot be reached.
+  // Each run must say so and exit 1; before, the runs after the first treated it as gone
+  // and reported a clean mirror.
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  writeTree(src, { "ok.txt": "y", "d/e/ok.txt": "y", "f/ok.txt": "y" });
+  ageTree(src);
+  // Only the shell can make one (bytes ff fe).
+  const bad = async (dir: string, name: string) => {
+    const mk = await new Deno.Command("sh", {
+      args: ["-ec", `printf x > "$1/$(printf '${name}')"`, "sh", dir],
+    }).output();
+    assert(mk.success);
+  };
+  await bad(`${src}/d/e`, "bad\\377\\376");
+  await bad(src, "top\\377");
+  const runs = async (n: number, expect: RegExp[]) => {
+    for (let run = 1; run <= n; run++) {
+      const r = await mimeo(["sync", src, dst]);
+      assertEquals(r.code, 1, `run ${run}: ${r.stderr}`);
+      for (const re of expect) assertMatch(r.stderr, re, `run ${run}`);
+      assertMatch(r.stderr, new RegExp(`finished with errors: .*${expect.length} unreadable`));
+      // Let the folders' ctime second end, so that a later run could record their
+      // fingerprints (and then not list them again).
+      await new Promise((r) => setTimeout(r, 1100));
+    }
+  };
+  const srcErrors = [
+    /error: d\/e\/bad\uFFFD\uFFFD: the name is not valid UTF-8/,
+    /error: top\uFFFD: the name is not valid UTF-8/,
+  ];
+  await runs(3, srcErrors);
+  assertEquals(Object.keys(snapshot(dst)).sort(), [
+    "d",
+    "d/e",
+    "d/e/ok.txt",
+    "f",
+    "f/ok.txt",
+    "ok.txt",
+  ]);
+  await bad(`${dst}/f`, "rep\\377");
+  await runs(2, [...srcErrors, /error: \(replica\) f\/rep\uFFFD: the name is not valid UTF-8/]);
+});
+
 Deno.test("sync never writes to the source", async () => {
   await using d = await tempDir();
   const src = `${d.path}/src`, dst = `${d.path}/dst`;
