@@ -6,6 +6,7 @@
 import { applyPlan, type ApplyReport, type OpFailure, type ProgressFn } from "./apply.ts";
 import { errorCode, errorMessage, ExitCode, RefusedError } from "./errors.ts";
 import { buildFilter } from "./filter.ts";
+import { lockReplica } from "./lock.ts";
 import { formatBytes, logEvent } from "./log.ts";
 import {
   type CacheRecord,
@@ -693,6 +694,11 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     if (!(e instanceof Deno.errors.NotFound)) throw e;
     replicaExists = false;
   }
+  // One run at a time into a replica (see lock.ts). A first run makes the replica folder
+  // now, to hold its lock; nothing can be refused once the paths are valid and the replica
+  // is empty, so this creates nothing a refusal would have to undo.
+  if (!dryRun && !replicaExists) Deno.mkdirSync(replica, { recursive: true });
+  using _lock = dryRun ? undefined : lockReplica(replica, "sync");
   const marks: Record<string, number> = {};
   let tMark = performance.now();
   const mark = (name: string) => {

@@ -9,6 +9,7 @@ import { buildFilter } from "./filter.ts";
 import { type Manifest, ManifestError, modeString, readManifest } from "./manifest.ts";
 import { checkPermissions, defaultManifestPath, resolvePhysical } from "./paths.ts";
 import { hashNode } from "./hash.ts";
+import { lockReplica } from "./lock.ts";
 import { scanTree } from "./scan.ts";
 import { yieldToEventLoop } from "./target_fs.ts";
 import type { ScanIssue } from "./types.ts";
@@ -110,6 +111,7 @@ export interface VerifyOptions {
  */
 export async function verify(replica: string, options: VerifyOptions = {}): Promise<VerifyReport> {
   const root = requireDir(replica, "Replica");
+  using _lock = lockReplica(root, "verify");
   const manifestPath = resolvePhysical(options.manifest ?? defaultManifestPath(replica));
   checkPermissions([manifestPath], []);
   let m: Manifest;

@@ -204,6 +204,45 @@ Deno.test("an empty source never wipes a non-empty replica unless allowed", asyn
   assertEquals(snapshot(dst), {});
 });
 
+Deno.test("one run at a time into a replica: a second sync or verify is refused untouched", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  writeTree(src, { "a/b": "b", c: "c" });
+  assertEquals((await mimeo(["sync", src, dst, "-q"])).code, 0);
+  Deno.writeTextFileSync(`${src}/new`, "new");
+  // This test process holds the lock a running sync (exclusive) or verify (shared) holds.
+  for (const exclusive of [true, false]) {
+    const held = Deno.openSync(dst, { read: true });
+    try {
+      assert(held.tryLockSync(exclusive));
+      await assertRefused(
+        d.path,
+        ["sync", src, dst],
+        3,
+        /another mimeo run is using replica '.*dst'; nothing was done/,
+      );
+      if (exclusive) {
+        await assertRefused(
+          d.path,
+          ["verify", dst],
+          3,
+          /another mimeo run is syncing into replica '.*dst'; nothing was done/,
+        );
+      } else {
+        const v = await mimeo(["verify", dst]);
+        assertEquals(v.code, 0, `verifies share the lock: ${v.stderr}`);
+      }
+      // A dry run writes nothing, so it needs no lock.
+      assertEquals((await mimeo(["plan", src, dst])).code, 0);
+    } finally {
+      held.close();
+    }
+  }
+  const ok = await mimeo(["sync", src, dst, "-q"]);
+  assertEquals(ok.code, 0, ok.stderr);
+  assertMirror(src, dst);
+});
+
 Deno.test("a source read error is exit 1, logged, and deletes nothing in the replica", async () => {
   await using d = await tempDir();
   const src = `${d.path}/src`, dst = `${d.path}/dst`, log = `${d.path}/log.jsonl`;
