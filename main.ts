@@ -7,7 +7,14 @@
 import { eventOf } from "./lib/apply.ts";
 import { type Command, COMMAND_HELP, HELP, parseCommand, VERSION } from "./lib/cli.ts";
 import { errorMessage, ExitCode, MimeoError, StoppedError, UsageError } from "./lib/errors.ts";
-import { configureLogging, flushConsole, humanLine, logEvent, setLogContext } from "./lib/log.ts";
+import {
+  configureLogging,
+  flushConsole,
+  humanLine,
+  logEvent,
+  printable,
+  setLogContext,
+} from "./lib/log.ts";
 import { modeString, serializeManifest, treeDigest, writeFileAtomicSync } from "./lib/manifest.ts";
 import { type Op } from "./lib/plan.ts";
 import { validatePaths } from "./lib/paths.ts";
@@ -192,7 +199,7 @@ async function runManifest(cmd: Extract<Command, { command: "manifest" }>): Prom
     exclude: cmd.exclude,
     ignoreFiles: cmd.ignoreFiles,
   });
-  for (const i of issues) err(`${i.level}: '${i.path}': ${i.message}\n`);
+  for (const i of issues) err(`${printable(`${i.level}: '${i.path}': ${i.message}`)}\n`);
   const digest = treeDigest(manifest.entries);
   if (cmd.digestOnly) out(`${digest}\n`);
   else if (cmd.out) {
@@ -207,9 +214,11 @@ async function runVerify(cmd: Extract<Command, { command: "verify" }>): Promise<
   if (cmd.json) out(JSON.stringify(r) + "\n");
   else {
     const lines = r.mismatches.map((m) =>
-      `${m.problem.padEnd(10)} ${m.path}${m.expected ? `  expected ${m.expected}` : ""}${
-        m.actual ? `  found ${m.actual}` : ""
-      }`
+      printable(
+        `${m.problem.padEnd(10)} ${m.path}${m.expected ? `  expected ${m.expected}` : ""}${
+          m.actual ? `  found ${m.actual}` : ""
+        }`,
+      )
     );
     lines.push(
       r.mismatches.length
@@ -242,7 +251,7 @@ export async function main(argv: string[]): Promise<number> {
     }
   } catch (e) {
     if (e instanceof MimeoError) {
-      err(`mimeo: ${e.message}\n`);
+      err(`mimeo: ${printable(e.message)}\n`);
       return e.exitCode;
     }
     if (e instanceof Deno.errors.NotCapable) {

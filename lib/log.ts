@@ -90,6 +90,23 @@ export function formatBytes(n: number): string {
 
 /** One human line for an event (without the newline). */
 export function humanLine(level: LogLevel, p: Record<string, unknown>): string {
+  return printable(lineOf(level, p));
+}
+
+/**
+ * A console line with its control characters shown as rsync shows them (`\#012` for a
+ * newline): a name holding a newline stays on one line, and one holding an escape sequence
+ * cannot drive the terminal. The JSON log keeps names exact.
+ */
+export function printable(line: string): string {
+  return line.replace(
+    // deno-lint-ignore no-control-regex
+    /[\x00-\x1f\x7f]/g,
+    (c) => `\\#${c.charCodeAt(0).toString(8).padStart(3, "0")}`,
+  );
+}
+
+function lineOf(level: LogLevel, p: Record<string, unknown>): string {
   const path = p.path !== undefined ? String(p.path) : "";
   const ev = String(p.event);
   switch (ev) {

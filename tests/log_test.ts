@@ -82,3 +82,21 @@ Deno.test("jsonLine() and humanLine() format events", () => {
     "error: copy 'p': No space left on device",
   );
 });
+
+Deno.test("console lines show control characters in names as rsync does; the JSON log keeps them", async () => {
+  assertEquals(
+    humanLine("info", { event: "copy", path: "a\nb\x1b[31m", bytes: 1 }),
+    "copy    a\\#012b\\#033[31m (1 B)",
+  );
+  await using d = await tempDir();
+  const src = `${d.path}/src`, log = `${d.path}/m.jsonl`;
+  writeTree(src, { "two\nlines": "x", "tab\there": "y" });
+  const r = await mimeo(["sync", src, `${d.path}/dst`, "--log", log]);
+  assertEquals(r.code, 0, r.stderr);
+  const lines = r.stderr.trim().split("\n");
+  assert(lines.includes("copy    two\\#012lines (1 B)"), r.stderr);
+  assert(lines.includes("copy    tab\\#011here (1 B)"), r.stderr);
+  const paths = jsonLines(Deno.readTextFileSync(log)).map((e) => e.path);
+  assert(paths.includes("two\nlines") && paths.includes("tab\there"), JSON.stringify(paths));
+  assertEquals(Deno.readTextFileSync(`${d.path}/dst/two\nlines`), "x");
+});
