@@ -23,6 +23,7 @@ import { summaryFields, sync, type SyncOptions } from "./lib/sync.ts";
 import { buildManifest, verify } from "./lib/verify.ts";
 import { runPeriodic } from "./lib/watch.ts";
 import { runWatch } from "./lib/watch_fs.ts";
+import { trapSignals } from "./lib/signals.ts";
 
 const enc = new TextEncoder();
 function out(text: string): void {
@@ -55,30 +56,6 @@ function printPlan(ops: Op[], json: boolean, summary: Record<string, unknown>): 
   out(lines.join("\n") + "\n");
 }
 
-/** Install SIGINT/SIGTERM handlers that abort `ac`; a second signal exits at once. */
-function trapSignals(ac: AbortController): () => void {
-  const handlers: [Deno.Signal, () => void][] = [];
-  for (const sig of ["SIGINT", "SIGTERM"] as const) {
-    const h = () => {
-      if (ac.signal.aborted) {
-        err(`mimeo: ${sig} again; exiting now (the next run cleans up)\n`);
-        Deno.exit(new StoppedError(sig).exitCode);
-      }
-      logEvent("warning", {
-        event: "stop",
-        signal: sig,
-        message: `${sig} received; stopping after the current operation`,
-      });
-      ac.abort(new StoppedError(sig));
-    };
-    Deno.addSignalListener(sig, h);
-    handlers.push([sig, h]);
-  }
-  return () => {
-    for (const [s, h] of handlers) Deno.removeSignalListener(s, h);
-  };
-}
-
 async function runSync(cmd: Extract<Command, { command: "sync" | "plan" }>): Promise<number> {
   const dryRun = cmd.command === "plan" || cmd.dryRun;
   const isSync = cmd.command === "sync" ? cmd : undefined;
@@ -101,7 +78,10 @@ async function runSync(cmd: Extract<Command, { command: "sync" | "plan" }>): Pro
     throw new UsageError(`Cannot open log file '${isSync?.log}': ${errorMessage(e)}`);
   }
   const ac = new AbortController();
-  const untrap = trapSignals(ac);
+  const untrap = trapSignals(ac, (sig) => {
+    err(`mimeo: ${sig} again; exiting now (the next run cleans up)\n`);
+    Deno.exit(new StoppedError(sig).exitCode);
+  });
   const progress = isSync && !dryRun ? createProgress(isSync.progress, cmd.verbosity) : undefined;
   const base: SyncOptions = {
     source: cmd.source,
