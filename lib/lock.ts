@@ -1,6 +1,6 @@
 /**
  * One run at a time per replica. Two syncs into the same replica at once (a cron job that
- * overlaps the previous one, a `--watch` left running beside a manual run) would plan from
+ * overlaps the previous one, a manual run during a `--watch` process's run) would plan from
  * the same manifest, take each other's temporary files for a crash's leftovers, and leave
  * the manifest of whichever wrote last. So a sync holds an advisory lock (`flock`) on the
  * replica folder itself for the whole run, and `verify` a shared one: a second run finds
