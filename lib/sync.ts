@@ -3,7 +3,7 @@
  *
  * @module
  */
-import { applyPlan, type ApplyReport, type OpFailure, type ProgressFn } from "./apply.ts";
+import { applyPlan, type ApplyReport, eventOf, type OpFailure, type ProgressFn } from "./apply.ts";
 import { errorCode, errorMessage, ExitCode, RefusedError } from "./errors.ts";
 import { buildFilter } from "./filter.ts";
 import { lockReplica } from "./lock.ts";
@@ -19,7 +19,7 @@ import {
   treeDigest,
   writeReplicaManifest,
 } from "./manifest.ts";
-import { countOps, isTempPath, type Op, type Plan, plan } from "./plan.ts";
+import { countOps, isTempPath, type MetaOp, type Op, type Plan, plan } from "./plan.ts";
 import { granted, type SyncPaths, validatePaths } from "./paths.ts";
 import {
   INDEX_FIELDS,
@@ -776,6 +776,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
       recordDirFingerprints(report, manifestPath, manifestStat!, ix!, dirFps);
       mark("record");
     }
+    mirrorRootMode(report, dryRun);
     return finish(report, t0, marks);
   }
   // A large recorded manifest means a large replica: walk it on the second core while this
@@ -927,7 +928,10 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   report.check = quick === "changes" ? "quick" : "full";
   // The replica's unreadable entries stay as they are: it is not known to be a mirror.
   if (sourceErrors || replicaIssues.length) report.exitCode = ExitCode.PartialFailure;
-  if (dryRun) return finish(report, t0, marks);
+  if (dryRun) {
+    mirrorRootMode(report, true);
+    return finish(report, t0, marks);
+  }
 
   if (!replicaExists) Deno.mkdirSync(replica, { recursive: true });
   const target = new FsTarget(replica);
@@ -968,6 +972,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   report.stopped = applied.stopped;
   report.done = applied.counts;
   report.copiedByHelper = applied.copiedByHelper;
+  if (!applied.stopped) mirrorRootMode(report, false);
 
   // Record: the manifest describes the replica as it now is.
   const recorded = unchanged ? old! : recordManifest(state, src, replica);
@@ -1049,6 +1054,39 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   report.digest ??= treeDigest((roots ? whole() : recorded).entries);
   mark("record");
   return finish(report, t0, marks);
+}
+
+/**
+ * The replica folder's own permission bits follow the source folder's, as with rsync's
+ * `src/ dst/` (a private 0700 source must not become a 0755 replica that anyone can
+ * list). The root is not an entry of the trees or the manifest, so this is one operation
+ * outside the plan, `meta .`, applied after it (or only listed, in a dry run).
+ */
+function mirrorRootMode(report: SyncReport, dryRun: boolean): void {
+  const { source, replica } = report;
+  const modeOf = (p: string) => {
+    try {
+      return (Deno.statSync(p).mode ?? 0) & 0o7777;
+    } catch {
+      return undefined;
+    }
+  };
+  const want = modeOf(source), have = modeOf(replica);
+  if (want === undefined || have === undefined || want === have) return;
+  const op: MetaOp = { op: "meta", path: ".", kind: "dir", mode: want };
+  report.ops = [...report.ops, op];
+  if (dryRun) return;
+  try {
+    const target = new FsTarget(replica);
+    target.setMeta(".", "dir", want);
+    target.finish();
+    report.done.meta++;
+    logEvent("info", eventOf(op));
+  } catch (e) {
+    const f: OpFailure = { op: "meta", path: ".", code: errorCode(e), message: errorMessage(e) };
+    report.failures.push(f);
+    logEvent("error", { event: "error", op: "meta", path: ".", code: f.code, error: f.message });
+  }
 }
 
 /** A report of a run that did nothing yet. */

@@ -597,3 +597,27 @@ Deno.test("sync() scans the replica on a second thread with the same results", a
   assertEquals(r.done.update + r.done.copy + r.done.delete + r.done.rmdir + r.done.symlink, 6);
   assertMirror(src, dst);
 });
+
+Deno.test("the replica folder's own mode follows the source folder's, as with rsync src/ dst/", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  writeTree(src, { "a/b": "b" });
+  Deno.chmodSync(src, 0o700);
+  const mode = (p: string) => (Deno.statSync(p).mode ?? 0) & 0o7777;
+  const first = await mimeo(["sync", src, dst]);
+  assertEquals(first.code, 0, first.stderr);
+  assertEquals(mode(dst), 0o700);
+  assertMatch(first.stderr, /^meta {4}\. mode 0700$/m);
+  // Changed later: a run with nothing else to do (the quick check's early end) applies it.
+  await new Promise((r) => setTimeout(r, 1100));
+  assertEquals((await mimeo(["sync", src, dst, "-q"])).code, 0);
+  Deno.chmodSync(src, 0o750);
+  const plan = await mimeo(["plan", src, dst]);
+  assertMatch(plan.stdout, /^meta {4}\. mode 0750$/m);
+  assertEquals(mode(dst), 0o700, "plan changes nothing");
+  const s = await syncJson(src, dst);
+  assertEquals(s.done.meta, 1);
+  assertEquals(mode(dst), 0o750);
+  assertEquals(Object.values((await syncJson(src, dst)).done).reduce((a, b) => a + b, 0), 0);
+  assertMirror(src, dst);
+});
