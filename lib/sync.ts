@@ -5,6 +5,7 @@
  */
 import { applyPlan, type ApplyReport, eventOf, type OpFailure, type ProgressFn } from "./apply.ts";
 import { errorCode, errorMessage, ExitCode, RefusedError } from "./errors.ts";
+import { dirname } from "node:path";
 import { buildFilter } from "./filter.ts";
 import { lockReplica } from "./lock.ts";
 import { formatBytes, logEvent } from "./log.ts";
@@ -697,7 +698,16 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   // One run at a time into a replica (see lock.ts). A first run makes the replica folder
   // now, to hold its lock; nothing can be refused once the paths are valid and the replica
   // is empty, so this creates nothing a refusal would have to undo.
-  if (!dryRun && !replicaExists) Deno.mkdirSync(replica, { recursive: true });
+  if (!dryRun && !replicaExists) {
+    // Private from the start when the source is (its mode is set exactly at the end).
+    const mode = ((Deno.statSync(source).mode ?? 0o755) & 0o777) | 0o700;
+    Deno.mkdirSync(dirname(replica), { recursive: true });
+    try {
+      Deno.mkdirSync(replica, { mode });
+    } catch (e) {
+      if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
+    }
+  }
   using _lock = dryRun ? undefined : lockReplica(replica, "sync");
   const marks: Record<string, number> = {};
   let tMark = performance.now();
