@@ -701,11 +701,14 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   if (!dryRun && !replicaExists) {
     // Private from the start when the source is (its mode is set exactly at the end).
     const mode = ((Deno.statSync(source).mode ?? 0o755) & 0o777) | 0o700;
-    Deno.mkdirSync(dirname(replica), { recursive: true });
     try {
       Deno.mkdirSync(replica, { mode });
     } catch (e) {
-      if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
+      if (e instanceof Deno.errors.NotFound) {
+        // (Its missing parents get the default mode.)
+        Deno.mkdirSync(dirname(replica), { recursive: true });
+        Deno.mkdirSync(replica, { mode });
+      } else if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
     }
   }
   using _lock = dryRun ? undefined : lockReplica(replica, "sync");
