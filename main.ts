@@ -12,6 +12,7 @@ import {
   flushConsole,
   humanLine,
   logEvent,
+  logFileEvent,
   printable,
   setLogContext,
 } from "./lib/log.ts";
@@ -123,7 +124,17 @@ async function runSync(cmd: Extract<Command, { command: "sync" | "plan" }>): Pro
       }
       // Any problem is fatal in the first run (a configuration mistake) and bugs always are;
       // later, a failing run (say an unmounted source) is logged and the loop goes on.
-      if (run === 1 || !(e instanceof MimeoError)) throw e;
+      if (run === 1 || !(e instanceof MimeoError)) {
+        // The console gets its one `mimeo: …` line from main(); the log file gets it here.
+        logFileEvent("error", {
+          event: "run-failed",
+          code: e instanceof MimeoError ? e.constructor.name : "unexpected",
+          error: errorMessage(e),
+          exitCode: e instanceof MimeoError ? e.exitCode : ExitCode.PartialFailure,
+          message: `run ${run} failed: ${errorMessage(e)}`,
+        });
+        throw e;
+      }
       logEvent("error", {
         event: "run-failed",
         code: e.constructor.name,

@@ -29,14 +29,24 @@ export interface LogEvent {
 }
 
 let logger = getLogger(["mimeo"]);
+let fileLogger = getLogger(["mimeo", "file"]);
 /** Add fields (e.g. the run number) to every following event. */
 export function setLogContext(fields: Record<string, unknown>): void {
   logger = getLogger(["mimeo"]).with(fields);
+  fileLogger = getLogger(["mimeo", "file"]).with(fields);
 }
 
 /** Log one event at a level. */
 export function logEvent(level: "debug" | "info" | "warning" | "error", ev: LogEvent): void {
   logger[level]("{event}", ev);
+}
+
+/**
+ * Log one event to the log file only: for what the console already shows its own way (a
+ * run's fatal error is one `mimeo: …` line on stderr).
+ */
+export function logFileEvent(level: "debug" | "info" | "warning" | "error", ev: LogEvent): void {
+  fileLogger[level]("{event}", ev);
 }
 
 /** How log files are kept. */
@@ -236,6 +246,12 @@ export async function configureLogging(o: LoggingOptions): Promise<() => void> {
       // Without a log file, events below the console's level are dropped by the logger,
       // before a record is built: 0.25 µs an event instead of 5 (one per operation).
       { category: ["mimeo"], lowestLevel: o.logFile ? "debug" : consoleLevel, sinks: names },
+      {
+        category: ["mimeo", "file"],
+        lowestLevel: "debug",
+        sinks: o.logFile ? ["file"] : [],
+        parentSinks: "override",
+      },
       { category: ["logtape", "meta"], lowestLevel: "error", sinks: [] },
     ],
   });

@@ -100,3 +100,24 @@ Deno.test("console lines show control characters in names as rsync does; the JSO
   assert(paths.includes("two\nlines") && paths.includes("tab\there"), JSON.stringify(paths));
   assertEquals(Deno.readTextFileSync(`${d.path}/dst/two\nlines`), "x");
 });
+
+Deno.test("a run refused after the log is open says why in the log file too, once on the console", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`, log = `${d.path}/m.jsonl`;
+  writeTree(src, { a: "a", b: "b", c: "c" });
+  assertEquals((await mimeo(["sync", src, dst, "-q"])).code, 0);
+  Deno.removeSync(`${src}/a`);
+  Deno.removeSync(`${src}/b`);
+  const r = await mimeo(["sync", src, dst, "--max-delete", "1", "--log", log]);
+  assertEquals(r.code, 3, r.stderr);
+  assertEquals(r.stderr.trim().split("\n").length, 1, r.stderr);
+  const failed = jsonLines(Deno.readTextFileSync(log)).filter((e) => e.event === "run-failed");
+  assertEquals(failed.length, 1, Deno.readTextFileSync(log));
+  assertEquals(failed[0].level, "error");
+  assertEquals(failed[0].code, "RefusedError");
+  assertEquals(failed[0].exitCode, 3);
+  assert(
+    String(failed[0].error).startsWith("refusing to delete 2 entries"),
+    String(failed[0].error),
+  );
+});
