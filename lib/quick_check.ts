@@ -25,7 +25,7 @@
  * @module
  */
 import { INDEX_FIELDS, Kind, type ManifestIndex } from "./manifest_index.ts";
-import { CTIME_TICK_MS, type PathFilter, RACY_WINDOW_MS } from "./scan.ts";
+import { CTIME_TICK_MS, isRacyMtime, type PathFilter } from "./scan.ts";
 
 /** Options for {@linkcode quickCheck}. */
 export interface QuickCheckOptions {
@@ -145,7 +145,7 @@ export function quickCheck(
           kind !== Kind.File || nums[o + 2] !== st.size || nums[o + 3] !== mtime ||
           nums[o + 1] !== ((st.mode ?? 0) & 0o7777) || nums[o + fpAt] !== st.ino ||
           nums[o + fpAt + 1] !== (st.ctime?.getTime() ?? 0) ||
-          (racy && now - mtime < RACY_WINDOW_MS)
+          (racy && isRacyMtime(mtime, now, st.ctime?.getTime() ?? 0))
         ) changed.push(p);
       } else if (st.isDirectory) {
         if (kind !== Kind.Dir || nums[o + 1] !== ((st.mode ?? 0) & 0o7777)) {

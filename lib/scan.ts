@@ -27,14 +27,29 @@ export function fingerprintOf(st: Deno.FileInfo): Fingerprint {
 }
 
 /**
+ * Whether a source file's mtime is too close to the moment `at` for its stat to vouch for
+ * content read then: within the racy window before `at`. A mtime ahead of `at` (a file
+ * from a camera, an archive or a server with a clock ahead) never leaves that window, so
+ * with a known ctime (`ctime` > 0) it is left to the ctime rule instead: a later write,
+ * even one that puts the same mtime back, stamps a ctime in a later second than the one
+ * recorded, since a hash is trusted only once the recorded ctime's second has ended.
+ * Without a ctime, a mtime ahead stays racy.
+ */
+export function isRacyMtime(mtime: number, at: number, ctime: number): boolean {
+  if (mtime > at) return ctime <= 0;
+  return at - mtime < RACY_WINDOW_MS;
+}
+
+/**
  * Whether a file's recorded hash may be trusted later from its stat fingerprint: the hash
- * must have been taken (`hashedAt`) after the mtime's racy window and after the ctime's
- * second had ended. Otherwise a later same-size rewrite could keep the whole fingerprint.
- * Nodes without `hashedAt` were trusted from the cache and stay trusted.
+ * must have been taken (`hashedAt`) outside the mtime's racy window (see
+ * {@linkcode isRacyMtime}) and after the ctime's second had ended. Otherwise a later
+ * same-size rewrite could keep the whole fingerprint. Nodes without `hashedAt` were
+ * trusted from the cache and stay trusted.
  */
 export function isTrustworthy(n: FileNode): boolean {
   if (n.hashedAt === undefined) return true;
-  return n.hashedAt - n.mtime >= RACY_WINDOW_MS &&
+  return !isRacyMtime(n.mtime, n.hashedAt, n.fp?.[1] ?? 0) &&
     (!n.fp || n.hashedAt >= n.fp[1] + CTIME_TICK_MS);
 }
 
@@ -256,7 +271,7 @@ export function reuseSourceHashes(src: Tree, old: Manifest | undefined, now: num
   let byIno: Map<number, string> | undefined;
   let reused = 0;
   for (const [p, n] of src) {
-    if (n.type !== "file" || !n.fp || now - n.mtime < RACY_WINDOW_MS) continue;
+    if (n.type !== "file" || !n.fp || isRacyMtime(n.mtime, now, n.fp[1])) continue;
     let e = old.entries.get(p);
     let c = old.cache.get(p);
     if (!(e?.type === "file" && c?.src && c.src[0] === n.fp[0])) {

@@ -377,3 +377,33 @@ Deno.test("isReplicaTrustworthy(): trusted unless a fresh mtime falls in the cti
   assertEquals(isReplicaTrustworthy(node(s + 100, s, s + 2100)), true);
   assertEquals(isReplicaTrustworthy(node(s + 100, s)), true);
 });
+
+Deno.test("isTrustworthy(): a source hash needs the racy window behind it and the ctime's second ended; a mtime ahead of the clock leaves it to the ctime", async () => {
+  const { isTrustworthy, isRacyMtime } = await import("../lib/scan.ts");
+  const node = (mtime: number, ctime: number, hashedAt?: number): FileNode => ({
+    type: "file",
+    size: 1,
+    mode: 0o644,
+    mtime,
+    sha256: H("a"),
+    fp: [7, ctime],
+    hashedAt,
+  });
+  const s = 1_700_000_000_000; // a whole second
+  // Old mtime, ctime second over: trusted; a fresh mtime or a running ctime second: not.
+  assertEquals(isTrustworthy(node(s - 5000, s, s + 1000)), true);
+  assertEquals(isTrustworthy(node(s - 500, s, s + 1000)), false);
+  assertEquals(isTrustworthy(node(s - 5000, s, s + 999)), false);
+  // A mtime far ahead of the hash (a clock ahead): trusted once the ctime's second is over.
+  const year = 365 * 86400_000;
+  assertEquals(isTrustworthy(node(s + 10 * year, s, s + 1000)), true);
+  assertEquals(isTrustworthy(node(s + 10 * year, s, s + 500)), false);
+  // A file written during its own read (mtime after the hash began) fails the ctime rule.
+  assertEquals(isTrustworthy(node(s + 1200, s + 1000, s + 1100)), false);
+  // Without a ctime, a mtime ahead stays racy.
+  assertEquals(isTrustworthy(node(s + 10 * year, 0, s + 1000)), false);
+  assertEquals(isRacyMtime(s + 10 * year, s, 0), true);
+  assertEquals(isRacyMtime(s + 10 * year, s, s - 1000), false);
+  assertEquals(isRacyMtime(s - 1999, s, s - 1000), true);
+  assertEquals(isRacyMtime(s - 2000, s, s - 1000), false);
+});

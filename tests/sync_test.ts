@@ -625,3 +625,29 @@ Deno.test("the replica folder's own mode follows the source folder's, as with rs
   assertEquals(Object.values((await syncJson(src, dst)).done).reduce((a, b) => a + b, 0), 0);
   assertMirror(src, dst);
 });
+
+Deno.test("a source file dated in the future is trusted from its stat, and an edit to it is still seen", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  const bytes = (seed: number) => new Uint8Array(200_000).map((_, i) => (i * seed) & 255);
+  writeTree(src, { "future.bin": bytes(7), "past.txt": "past" });
+  ageTree(src);
+  // A camera or archive with its clock ahead: ten years from now.
+  const ahead = new Date(Date.now() + 10 * 365 * 86400_000);
+  Deno.utimeSync(`${src}/future.bin`, ahead, ahead);
+  // Its ctime's second must end before the first hash for that hash to be trusted later.
+  await new Promise((r) => setTimeout(r, 1100));
+  await syncJson(src, dst);
+  for (let run = 0; run < 2; run++) {
+    const s = await syncJson(src, dst);
+    assertEquals(s.hashed, { source: 0, replica: 0 }, `run ${run}: not hashed again`);
+    assertEquals(Object.values(s.done).reduce((a, b) => a + b, 0), 0);
+  }
+  // Same size, and the same future mtime put back: the ctime still tells.
+  Deno.writeFileSync(`${src}/future.bin`, bytes(11));
+  Deno.utimeSync(`${src}/future.bin`, ahead, ahead);
+  const s = await syncJson(src, dst);
+  assertEquals(s.done.update, 1);
+  assertEquals(Deno.readFileSync(`${dst}/future.bin`), bytes(11));
+  assertMirror(src, dst);
+});
