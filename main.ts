@@ -6,7 +6,14 @@
  */
 import { eventOf } from "./lib/apply.ts";
 import { type Command, COMMAND_HELP, HELP, parseCommand, VERSION } from "./lib/cli.ts";
-import { errorMessage, ExitCode, MimeoError, StoppedError, UsageError } from "./lib/errors.ts";
+import {
+  BusyError,
+  errorMessage,
+  ExitCode,
+  MimeoError,
+  StoppedError,
+  UsageError,
+} from "./lib/errors.ts";
 import {
   configureLogging,
   flushConsole,
@@ -123,8 +130,10 @@ async function runSync(cmd: Extract<Command, { command: "sync" | "plan" }>): Pro
         return (ac.signal.reason as StoppedError).exitCode;
       }
       // Any problem is fatal in the first run (a configuration mistake) and bugs always are;
-      // later, a failing run (say an unmounted source) is logged and the loop goes on.
-      if (run === 1 || !(e instanceof MimeoError)) {
+      // later, a failing run (say an unmounted source) is logged and the loop goes on. A
+      // replica busy with another run is never a mistake: a loop waits for its turn.
+      const looping = isSync?.watch || isSync?.intervalMs !== undefined;
+      if ((run === 1 && !(looping && e instanceof BusyError)) || !(e instanceof MimeoError)) {
         // The console gets its one `mimeo: …` line from main(); the log file gets it here.
         logFileEvent("error", {
           event: "run-failed",
@@ -135,10 +144,11 @@ async function runSync(cmd: Extract<Command, { command: "sync" | "plan" }>): Pro
         });
         throw e;
       }
-      logEvent("error", {
+      logEvent(e instanceof BusyError ? "warning" : "error", {
         event: "run-failed",
         code: e.constructor.name,
         error: errorMessage(e),
+        exitCode: e.exitCode,
         message: `run ${run} failed: ${errorMessage(e)}; trying again`,
       });
       if (cmd.json) {

@@ -71,8 +71,8 @@ Run with Deno permissions --allow-read --allow-write (nothing else), e.g.
 
 Exit codes: 0 done; 1 finished but some operations failed or entries were unreadable (or
 verify found mismatches); 2 bad usage or unsafe configuration, nothing touched; 3 refused
-by a safety limit or by another run using the replica, nothing touched; 130/143 stopped by
-SIGINT/SIGTERM after a clean stop.
+by a safety limit, nothing touched; 75 another run is using the replica, nothing touched;
+130/143 stopped by SIGINT/SIGTERM after a clean stop.
 `;
 
 const MIRROR_OPTIONS =

@@ -15,6 +15,11 @@ export const ExitCode = {
   Usage: 2,
   /** Refused by a safety limit (--max-delete, empty source); nothing was touched. */
   Refused: 3,
+  /**
+   * Another run is using the replica; nothing was touched. Try again later (sysexits'
+   * EX_TEMPFAIL, so a cron wrapper can tell a skipped run from a refused one).
+   */
+  Busy: 75,
   /** Stopped by SIGINT after a clean stop. */
   Interrupted: 130,
   /** Stopped by SIGTERM after a clean stop. */
@@ -64,6 +69,13 @@ export class PermissionMissingError extends MimeoError {
 export class RefusedError extends MimeoError {
   constructor(message: string) {
     super(message, ExitCode.Refused);
+  }
+}
+
+/** Another mimeo run holds the replica's lock; nothing was touched (exit 75). */
+export class BusyError extends MimeoError {
+  constructor(message: string) {
+    super(message, ExitCode.Busy);
   }
 }
 

@@ -4,7 +4,8 @@
  * the same manifest, take each other's temporary files for a crash's leftovers, and leave
  * the manifest of whichever wrote last. So a sync holds an advisory lock (`flock`) on the
  * replica folder itself for the whole run, and `verify` a shared one: a second run finds
- * it taken and is refused at once, before it reads or writes anything (exit 3).
+ * it taken and is refused at once, before it reads or writes anything (exit 75, "try again
+ * later"; `--watch` and `--interval` try again themselves).
  *
  * The lock is the kernel's, on the folder's open handle: no lock file to leave behind, and
  * a run that is killed releases it as it dies. A file system without locks (some network
@@ -12,12 +13,12 @@
  *
  * @module
  */
-import { errorMessage, RefusedError } from "./errors.ts";
+import { BusyError, errorMessage } from "./errors.ts";
 import { logEvent } from "./log.ts";
 
 /**
  * Take the replica's lock for a run: exclusive for a sync, shared for a verify. Throws a
- * {@linkcode RefusedError} when another run holds it; dispose of the result to release it.
+ * {@linkcode BusyError} when another run holds it; dispose of the result to release it.
  *
  * @example
  * ```ts
@@ -46,7 +47,7 @@ export function lockReplica(replica: string, purpose: "sync" | "verify"): Dispos
   }
   if (!got) {
     dir.close();
-    throw new RefusedError(
+    throw new BusyError(
       `another mimeo run is ${
         purpose === "sync" ? "using" : "syncing into"
       } replica '${replica}'; nothing was done (one run at a time: try again when it ends)`,

@@ -30,5 +30,12 @@ export {
   writeManifest,
 } from "./manifest.ts";
 export { scanTree } from "./scan.ts";
-export { ExitCode, MimeoError, RefusedError, UnsafeConfigError, UsageError } from "./errors.ts";
+export {
+  BusyError,
+  ExitCode,
+  MimeoError,
+  RefusedError,
+  UnsafeConfigError,
+  UsageError,
+} from "./errors.ts";
 export type { DirNode, FileNode, LinkNode, Node, Tree } from "./types.ts";

@@ -12,7 +12,7 @@
  * @module
  */
 import { relative } from "node:path";
-import { errorMessage } from "./errors.ts";
+import { errorMessage, ExitCode } from "./errors.ts";
 import { logEvent, setLogContext } from "./log.ts";
 
 /**
@@ -27,6 +27,8 @@ export const SAFETY_INTERVAL_MAX_MS = 10 * 60_000;
 const SAFETY_FACTOR = 100;
 /** Longest a batch waits for quiet while events keep arriving. */
 export const MAX_BATCH_DELAY_MS = 2_000;
+/** A run refused because another run was using the replica is tried again this soon. */
+export const BUSY_RETRY_MS = 1_000;
 /** A batch with more changed paths than this becomes a full rescan. */
 export const MAX_BATCH_PATHS = 10_000;
 
@@ -146,6 +148,8 @@ export async function runWatch(once: RunFn, o: WatchOptions): Promise<number> {
   let last = await once(++run);
   adapt(performance.now() - t0);
   let nextSafety = performance.now() + safetyMs;
+  // Another run had the replica: a full rescan soon, whether or not events come.
+  if (last === ExitCode.Busy) nextSafety = performance.now() + BUSY_RETRY_MS;
   try {
     while (!o.signal.aborted && (o.count === undefined || run < o.count)) {
       const now = performance.now();
@@ -191,6 +195,7 @@ export async function runWatch(once: RunFn, o: WatchOptions): Promise<number> {
         adapt(performance.now() - started);
         nextSafety = performance.now() + safetyMs;
       }
+      if (last === ExitCode.Busy) nextSafety = performance.now() + BUSY_RETRY_MS;
     }
   } finally {
     o.signal.removeEventListener("abort", onAbort);

@@ -204,7 +204,7 @@ Deno.test("an empty source never wipes a non-empty replica unless allowed", asyn
   assertEquals(snapshot(dst), {});
 });
 
-Deno.test("one run at a time into a replica: a second sync or verify is refused untouched", async () => {
+Deno.test("one run at a time into a replica: a second sync or verify is refused untouched (exit 75)", async () => {
   await using d = await tempDir();
   const src = `${d.path}/src`, dst = `${d.path}/dst`;
   writeTree(src, { "a/b": "b", c: "c" });
@@ -218,14 +218,14 @@ Deno.test("one run at a time into a replica: a second sync or verify is refused 
       await assertRefused(
         d.path,
         ["sync", src, dst],
-        3,
+        75,
         /another mimeo run is using replica '.*dst'; nothing was done/,
       );
       if (exclusive) {
         await assertRefused(
           d.path,
           ["verify", dst],
-          3,
+          75,
           /another mimeo run is syncing into replica '.*dst'; nothing was done/,
         );
       } else {

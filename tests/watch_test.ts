@@ -2,6 +2,7 @@
 import {
   assert,
   assertEquals,
+  assertMatch,
   finish,
   jsonLines,
   snapshot,
@@ -253,4 +254,29 @@ Deno.test("--watch repairs a real inotify overflow by its safety rescan", async 
     ),
     JSON.stringify(batches),
   );
+});
+
+Deno.test("--watch started while another run has the replica waits for its turn, then mirrors", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  writeTree(src, { "a.txt": "a", "dir/b.txt": "b" });
+  Deno.mkdirSync(dst);
+  // This test process holds the lock a running sync holds.
+  let held: Deno.FsFile | undefined = Deno.openSync(dst, { read: true });
+  assert(held.tryLockSync(true));
+  const child = spawnMimeo(["sync", src, dst, "--watch", "--debounce", "50ms"]);
+  let stderr = "";
+  try {
+    await new Promise((r) => setTimeout(r, 2500));
+    assertEquals(snapshot(dst), {}, "nothing written while the other run has the replica");
+    held.close();
+    held = undefined;
+    await untilMirrored(src, dst, "the sync after the other run ended");
+  } finally {
+    held?.close();
+    const r = await stop(child);
+    stderr = r.stderr;
+    assertEquals(r.code, 143, r.stderr);
+  }
+  assertMatch(stderr, /run 1 failed: another mimeo run is using replica .*; trying again/);
 });
