@@ -8,7 +8,7 @@
  */
 import { indexPathFor } from "./manifest_index.ts";
 import { basename, dirname, resolve } from "node:path";
-import { PermissionMissingError, UnsafeConfigError, UsageError } from "./errors.ts";
+import { MimeoError, PermissionMissingError, UnsafeConfigError, UsageError } from "./errors.ts";
 
 /**
  * The physical absolute path of `p`: symlinks resolved for the part that exists, the rest
@@ -97,7 +97,15 @@ export function validatePaths(
       throw new UnsafeConfigError(`Replica '${replica}' exists and is not a folder`);
     }
   } catch (e) {
-    if (!(e instanceof Deno.errors.NotFound)) throw e;
+    if (e instanceof Deno.errors.NotADirectory) {
+      throw new UnsafeConfigError(
+        `Replica '${replica}' cannot be a folder: a part of its path is a file`,
+      );
+    }
+    if (e instanceof MimeoError) throw e;
+    if (!(e instanceof Deno.errors.NotFound)) {
+      throw new UsageError(`Cannot read replica '${replica}': ${(e as Error).message}`);
+    }
   }
   const rep = resolvePhysical(replica);
   if (isInside(rep, src) || isInside(src, rep)) {

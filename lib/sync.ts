@@ -4,7 +4,7 @@
  * @module
  */
 import { applyPlan, type ApplyReport, eventOf, type OpFailure, type ProgressFn } from "./apply.ts";
-import { errorCode, errorMessage, ExitCode, RefusedError } from "./errors.ts";
+import { errorCode, errorMessage, ExitCode, RefusedError, UsageError } from "./errors.ts";
 import { dirname } from "node:path";
 import { buildFilter } from "./filter.ts";
 import { lockReplica } from "./lock.ts";
@@ -702,13 +702,18 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     // Private from the start when the source is (its mode is set exactly at the end).
     const mode = ((Deno.statSync(source).mode ?? 0o755) & 0o777) | 0o700;
     try {
-      Deno.mkdirSync(replica, { mode });
-    } catch (e) {
-      if (e instanceof Deno.errors.NotFound) {
+      try {
+        Deno.mkdirSync(replica, { mode });
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
         // (Its missing parents get the default mode.)
         Deno.mkdirSync(dirname(replica), { recursive: true });
         Deno.mkdirSync(replica, { mode });
-      } else if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
+      }
+    } catch (e) {
+      if (!(e instanceof Deno.errors.AlreadyExists)) {
+        throw new UsageError(`Cannot create replica '${options.replica}': ${errorMessage(e)}`);
+      }
     }
   }
   using _lock = dryRun ? undefined : lockReplica(replica, "sync");

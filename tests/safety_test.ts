@@ -72,6 +72,38 @@ Deno.test("refuses a replica that is an existing file", async () => {
     2,
     /exists and is not a folder/,
   );
+  // Below a file: one clear line (before, an "unexpected error" with exit 1).
+  await assertRefused(
+    d.path,
+    ["sync", `${d.path}/src`, `${d.path}/file.txt/rep`],
+    2,
+    /Replica '.*file\.txt\/rep' cannot be a folder: a part of its path is a file/,
+  );
+});
+
+Deno.test("a replica that cannot be created is one clear line, exit 2", async () => {
+  await using d = await tempDir();
+  writeTree(d.path, { "src/a": "a" });
+  const ro = `${d.path}/ro`;
+  Deno.mkdirSync(ro);
+  const mount = await new Deno.Command("mount", {
+    args: ["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", ro],
+    stderr: "piped",
+  }).output();
+  assert(
+    mount.success,
+    `this test needs to mount a tmpfs (root): ${new TextDecoder().decode(mount.stderr)}`,
+  );
+  try {
+    await assertRefused(
+      d.path,
+      ["sync", `${d.path}/src`, `${ro}/rep`],
+      2,
+      /Cannot create replica '.*ro\/rep': Read-only file system/,
+    );
+  } finally {
+    await new Deno.Command("umount", { args: [ro] }).output();
+  }
 });
 
 Deno.test("refuses overlapping source and replica, also through symlinks and ..", async () => {
