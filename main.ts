@@ -204,7 +204,11 @@ async function runManifest(cmd: Extract<Command, { command: "manifest" }>): Prom
   const digest = treeDigest(manifest.entries);
   if (cmd.digestOnly) out(`${digest}\n`);
   else if (cmd.out) {
-    writeFileAtomicSync(cmd.out, serializeManifest(manifest, false));
+    try {
+      writeFileAtomicSync(cmd.out, serializeManifest(manifest, false));
+    } catch (e) {
+      throw new UsageError(`Cannot write '${cmd.out}': ${errorMessage(e)}`);
+    }
     out(`${digest}  ${cmd.out}\n`);
   } else out(serializeManifest(manifest, false));
   return issues.some((i) => i.level === "error") ? ExitCode.PartialFailure : ExitCode.Ok;

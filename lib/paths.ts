@@ -137,5 +137,33 @@ export function validatePaths(
       );
     }
   }
+  if (manifest !== undefined) checkManifestPlace(manifest, man);
   return { source: src, replica: rep, manifest: man };
+}
+
+/**
+ * Refuse a `--manifest` path that could never be written, before a run copies anything
+ * only to fail at its end, every time: a folder, a path below a file, or one whose folder
+ * does not exist. (The default path, beside the replica, has the replica's own folder,
+ * which the run creates.)
+ */
+function checkManifestPlace(given: string, man: string): void {
+  let st: Deno.FileInfo | undefined;
+  try {
+    st = Deno.statSync(man);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotADirectory) {
+      throw new UsageError(`Manifest '${given}' cannot be written: a part of its path is a file`);
+    }
+    if (!(e instanceof Deno.errors.NotFound)) return; // met, and reported, when it is read
+  }
+  if (st?.isDirectory) {
+    throw new UsageError(`Manifest '${given}' is a folder; --manifest names the file to write`);
+  }
+  if (!st) {
+    try {
+      if (Deno.statSync(dirname(man)).isDirectory) return;
+    } catch { /* reported below */ }
+    throw new UsageError(`Manifest '${given}' cannot be written: its folder does not exist`);
+  }
 }

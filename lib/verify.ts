@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { UsageError } from "./errors.ts";
+import { errorMessage, UsageError } from "./errors.ts";
 import { buildFilter } from "./filter.ts";
 import { type Manifest, ManifestError, modeString, readManifest } from "./manifest.ts";
 import { checkPermissions, defaultManifestPath, resolvePhysical } from "./paths.ts";
@@ -118,11 +118,11 @@ export async function verify(replica: string, options: VerifyOptions = {}): Prom
   try {
     m = readManifest(manifestPath, true);
   } catch (e) {
-    if (e instanceof Deno.errors.NotFound) {
+    if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory) {
       throw new UsageError(`No manifest at '${manifestPath}' (use --manifest to name it)`);
     }
     if (e instanceof ManifestError) throw new UsageError(e.message);
-    throw e;
+    throw new UsageError(`Cannot read manifest '${manifestPath}': ${errorMessage(e)}`);
   }
   const exclude = await buildFilter({ patterns: options.exclude });
   const { tree, issues } = scanTree(root, { exclude, signal: options.signal });

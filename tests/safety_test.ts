@@ -81,6 +81,29 @@ Deno.test("refuses a replica that is an existing file", async () => {
   );
 });
 
+Deno.test("paths that could never be written or read are one clear line, exit 2, nothing touched", async () => {
+  // Before, a --manifest below a file, a folder or a missing folder let the run copy
+  // everything and fail at its end, every run; the others were "unexpected error", exit 1.
+  await using d = await tempDir();
+  setup(d.path);
+  const src = `${d.path}/src`, rep = `${d.path}/rep`;
+  const cases: [string[], RegExp][] = [
+    [
+      ["sync", src, rep, "--manifest", `${d.path}/file.txt/m.json`],
+      /Manifest '.*file\.txt\/m\.json' cannot be written: a part of its path is a file/,
+    ],
+    [["sync", src, rep, "--manifest", d.path], /Manifest '.*' is a folder; --manifest names/],
+    [
+      ["sync", src, rep, "--manifest", `${d.path}/no/such/m.json`],
+      /Manifest '.*no\/such\/m\.json' cannot be written: its folder does not exist/,
+    ],
+    [["verify", rep, "--manifest", d.path], /Cannot read manifest '.*': Is a directory/],
+    [["verify", rep, "--manifest", `${d.path}/file.txt/m.json`], /No manifest at '.*m\.json'/],
+    [["manifest", src, "--out", `${d.path}/file.txt/out.json`], /Cannot write '.*out\.json'/],
+  ];
+  for (const [args, re] of cases) await assertRefused(d.path, args, 2, re);
+});
+
 Deno.test("a replica that cannot be created is one clear line, exit 2", async () => {
   await using d = await tempDir();
   writeTree(d.path, { "src/a": "a" });

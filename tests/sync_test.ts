@@ -6,6 +6,7 @@ import {
   assertEquals,
   assertMatch,
   assertMirror,
+  exists,
   jsonLines,
   mimeo,
   snapshot,
@@ -385,7 +386,9 @@ Deno.test("--manifest puts the manifest where asked", async () => {
   const src = `${d.path}/src`, dst = `${d.path}/dst`;
   writeTree(src, { a: "a" });
   const r = await mimeo(["sync", src, dst, "--manifest", `${d.path}/state/m.json`, "-q"]);
-  assertEquals(r.code, 1, "a missing folder for the manifest is reported");
+  // Refused before anything is copied (before, the run copied all and failed at its end).
+  assertEquals(r.code, 2, "a missing folder for the manifest is refused");
+  assert(!exists(dst), "nothing was created");
   Deno.mkdirSync(`${d.path}/state`);
   const r2 = await mimeo(["sync", src, dst, "--manifest", `${d.path}/state/m.json`, "-q"]);
   assertEquals(r2.code, 0, r2.stderr);
