@@ -951,8 +951,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     return finish(report, t0, marks);
   }
 
-  if (!replicaExists) Deno.mkdirSync(replica, { recursive: true });
-  const target = new FsTarget(replica);
+  const target = new FsTarget(replica); // (a new replica was created before the scan)
   const state: Tree = new Map(rep);
   let applied: ApplyReport = {
     done: 0,
