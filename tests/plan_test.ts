@@ -344,64 +344,51 @@ Deno.test("encodeTree()/decodeTree() round-trip every kind of entry", async () =
   assertEquals(decodeTree(encodeTree(new Map())), new Map());
 });
 
+/** A file node with a stat fingerprint (inode 7) and the time its hash was taken. */
+function statNode(mtime: number, ctime: number, hashedAt?: number): FileNode {
+  return { type: "file", size: 1, mode: 0o644, mtime, sha256: H("a"), fp: [7, ctime], hashedAt };
+}
+
 Deno.test("isReplicaTrustworthy(): trusted unless a fresh mtime falls in the ctime's second, not before the birth time", async () => {
   const { isReplicaTrustworthy } = await import("../lib/scan.ts");
-  const node = (mtime: number, ctime: number, hashedAt?: number): FileNode => ({
-    type: "file",
-    size: 1,
-    mode: 0o644,
-    mtime,
-    sha256: H("a"),
-    fp: [7, ctime],
-    hashedAt,
-  });
   const s = 1_700_000_000_000; // a whole second
   // Fresh mtime in the ctime's second: a later write in that second could keep both.
-  assertEquals(isReplicaTrustworthy(node(s + 200, s, s + 400)), false);
-  assertEquals(isReplicaTrustworthy(node(s, s, s + 10)), false);
-  assertEquals(isReplicaTrustworthy(node(s + 999, s, s + 1999)), false);
+  assertEquals(isReplicaTrustworthy(statNode(s + 200, s, s + 400)), false);
+  assertEquals(isReplicaTrustworthy(statNode(s, s, s + 10)), false);
+  assertEquals(isReplicaTrustworthy(statNode(s + 999, s, s + 1999)), false);
   // Fresh mtime in an earlier second: any later write changes the mtime or the ctime.
-  assertEquals(isReplicaTrustworthy(node(s - 1, s, s + 400)), true);
-  assertEquals(isReplicaTrustworthy(node(s - 800, s, s + 100)), true);
+  assertEquals(isReplicaTrustworthy(statNode(s - 1, s, s + 400)), true);
+  assertEquals(isReplicaTrustworthy(statNode(s - 800, s, s + 100)), true);
   // ... or in a later one (a source on a file system whose clock runs ahead).
-  assertEquals(isReplicaTrustworthy(node(s + 1500, s, s + 400)), true);
+  assertEquals(isReplicaTrustworthy(statNode(s + 1500, s, s + 400)), true);
   // Unknown ctime: only the racy window counts.
-  assertEquals(isReplicaTrustworthy(node(s - 800, 0, s + 100)), false);
-  assertEquals(isReplicaTrustworthy(node(s - 2000, 0, s)), true);
+  assertEquals(isReplicaTrustworthy(statNode(s - 800, 0, s + 100)), false);
+  assertEquals(isReplicaTrustworthy(statNode(s - 2000, 0, s)), true);
   // Born (written by mimeo) after the mtime it was given: trusted even within the second.
-  const born = (mtime: number, bornAt: number) => ({ ...node(mtime, s, s + 400), bornAt });
+  const born = (mtime: number, bornAt: number) => ({ ...statNode(mtime, s, s + 400), bornAt });
   assertEquals(isReplicaTrustworthy(born(s + 200, s + 201)), true);
   assertEquals(isReplicaTrustworthy(born(s + 200, s + 200)), false);
   assertEquals(isReplicaTrustworthy(born(s + 200, s + 150)), false);
   // Old mtime, or taken from the cache: trusted as before.
-  assertEquals(isReplicaTrustworthy(node(s + 100, s, s + 2100)), true);
-  assertEquals(isReplicaTrustworthy(node(s + 100, s)), true);
+  assertEquals(isReplicaTrustworthy(statNode(s + 100, s, s + 2100)), true);
+  assertEquals(isReplicaTrustworthy(statNode(s + 100, s)), true);
 });
 
 Deno.test("isTrustworthy(): a source hash needs the racy window behind it and the ctime's second ended; a mtime ahead of the clock leaves it to the ctime", async () => {
   const { isTrustworthy, isRacyMtime } = await import("../lib/scan.ts");
-  const node = (mtime: number, ctime: number, hashedAt?: number): FileNode => ({
-    type: "file",
-    size: 1,
-    mode: 0o644,
-    mtime,
-    sha256: H("a"),
-    fp: [7, ctime],
-    hashedAt,
-  });
   const s = 1_700_000_000_000; // a whole second
   // Old mtime, ctime second over: trusted; a fresh mtime or a running ctime second: not.
-  assertEquals(isTrustworthy(node(s - 5000, s, s + 1000)), true);
-  assertEquals(isTrustworthy(node(s - 500, s, s + 1000)), false);
-  assertEquals(isTrustworthy(node(s - 5000, s, s + 999)), false);
+  assertEquals(isTrustworthy(statNode(s - 5000, s, s + 1000)), true);
+  assertEquals(isTrustworthy(statNode(s - 500, s, s + 1000)), false);
+  assertEquals(isTrustworthy(statNode(s - 5000, s, s + 999)), false);
   // A mtime far ahead of the hash (a clock ahead): trusted once the ctime's second is over.
   const year = 365 * 86400_000;
-  assertEquals(isTrustworthy(node(s + 10 * year, s, s + 1000)), true);
-  assertEquals(isTrustworthy(node(s + 10 * year, s, s + 500)), false);
+  assertEquals(isTrustworthy(statNode(s + 10 * year, s, s + 1000)), true);
+  assertEquals(isTrustworthy(statNode(s + 10 * year, s, s + 500)), false);
   // A file written during its own read (mtime after the hash began) fails the ctime rule.
-  assertEquals(isTrustworthy(node(s + 1200, s + 1000, s + 1100)), false);
+  assertEquals(isTrustworthy(statNode(s + 1200, s + 1000, s + 1100)), false);
   // Without a ctime, a mtime ahead stays racy.
-  assertEquals(isTrustworthy(node(s + 10 * year, 0, s + 1000)), false);
+  assertEquals(isTrustworthy(statNode(s + 10 * year, 0, s + 1000)), false);
   assertEquals(isRacyMtime(s + 10 * year, s, 0), true);
   assertEquals(isRacyMtime(s + 10 * year, s, s - 1000), false);
   assertEquals(isRacyMtime(s - 1999, s, s - 1000), true);

@@ -36,6 +36,24 @@ async function assertRefused(
   assertEquals(snapshot(root), before, "nothing may be created, changed or deleted");
 }
 
+/** Mount a 1 MiB tmpfs at `dir` (made here) with `opts`; unmounted when disposed. Needs root. */
+async function tmpfsAt(dir: string, opts: "ro" | "rw"): Promise<AsyncDisposable> {
+  Deno.mkdirSync(dir);
+  const mount = await new Deno.Command("mount", {
+    args: ["-t", "tmpfs", "-o", `${opts},size=1m`, "tmpfs", dir],
+    stderr: "piped",
+  }).output();
+  assert(
+    mount.success,
+    `this test needs to mount a tmpfs (root): ${new TextDecoder().decode(mount.stderr)}`,
+  );
+  return {
+    async [Symbol.asyncDispose]() {
+      await new Deno.Command("umount", { args: [dir] }).output();
+    },
+  };
+}
+
 function setup(root: string) {
   writeTree(root, {
     "src/a.txt": "a",
@@ -108,25 +126,13 @@ Deno.test("a replica that cannot be created is one clear line, exit 2", async ()
   await using d = await tempDir();
   writeTree(d.path, { "src/a": "a" });
   const ro = `${d.path}/ro`;
-  Deno.mkdirSync(ro);
-  const mount = await new Deno.Command("mount", {
-    args: ["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", ro],
-    stderr: "piped",
-  }).output();
-  assert(
-    mount.success,
-    `this test needs to mount a tmpfs (root): ${new TextDecoder().decode(mount.stderr)}`,
+  await using _ro = await tmpfsAt(ro, "ro");
+  await assertRefused(
+    d.path,
+    ["sync", `${d.path}/src`, `${ro}/rep`],
+    2,
+    /Cannot create replica '.*ro\/rep': Read-only file system/,
   );
-  try {
-    await assertRefused(
-      d.path,
-      ["sync", `${d.path}/src`, `${ro}/rep`],
-      2,
-      /Cannot create replica '.*ro\/rep': Read-only file system/,
-    );
-  } finally {
-    await new Deno.Command("umount", { args: [ro] }).output();
-  }
 });
 
 Deno.test("refuses overlapping source and replica, also through symlinks and ..", async () => {
@@ -347,40 +353,28 @@ Deno.test("an unwritable replica folder is a per-file error; the manifest stays 
 Deno.test("a full disk gives a clear error, keeps the manifest valid, and the next run repairs", async () => {
   await using d = await tempDir();
   const mnt = `${d.path}/small`;
-  Deno.mkdirSync(mnt);
-  const mount = await new Deno.Command("mount", {
-    args: ["-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt],
-    stderr: "piped",
-  }).output();
-  assert(
-    mount.success,
-    `this test needs a tmpfs mount (root): ${new TextDecoder().decode(mount.stderr)}`,
-  );
-  try {
-    const src = `${d.path}/src`, dst = `${mnt}/dst`;
-    writeTree(src, { "small.txt": "s" });
-    ageTree(src);
-    assertEquals((await mimeo(["sync", src, dst, "-q"])).code, 0);
-    writeTree(src, {
-      "big1.bin": new Uint8Array(700_000).fill(1),
-      "big2.bin": new Uint8Array(700_000).fill(2),
-    });
-    const r = await mimeo(["sync", src, dst]);
-    assertEquals(r.code, 1, r.stderr);
-    assertMatch(r.stderr, /No space left on device|ENOSPC|os error 28/);
-    assertNotMatch(r.stderr, /Uncaught|Stack backtrace/);
-    // No temporary file is left behind and what is in the replica matches its manifest.
-    assert(!Object.keys(snapshot(dst)).some((p) => p.includes(".mimeo-tmp-")));
-    JSON.parse(Deno.readTextFileSync(`${dst}.mimeo.json`));
-    assertEquals((await mimeo(["verify", dst])).code, 0);
-    // Free space by removing what does not fit; the next run mirrors the rest.
-    Deno.removeSync(`${src}/big2.bin`);
-    const r2 = await mimeo(["sync", src, dst, "-q"]);
-    assertEquals(r2.code, 0, r2.stderr);
-    assertMirror(src, dst);
-  } finally {
-    await new Deno.Command("umount", { args: [mnt] }).output();
-  }
+  await using _small = await tmpfsAt(mnt, "rw");
+  const src = `${d.path}/src`, dst = `${mnt}/dst`;
+  writeTree(src, { "small.txt": "s" });
+  ageTree(src);
+  assertEquals((await mimeo(["sync", src, dst, "-q"])).code, 0);
+  writeTree(src, {
+    "big1.bin": new Uint8Array(700_000).fill(1),
+    "big2.bin": new Uint8Array(700_000).fill(2),
+  });
+  const r = await mimeo(["sync", src, dst]);
+  assertEquals(r.code, 1, r.stderr);
+  assertMatch(r.stderr, /No space left on device|ENOSPC|os error 28/);
+  assertNotMatch(r.stderr, /Uncaught|Stack backtrace/);
+  // No temporary file is left behind and what is in the replica matches its manifest.
+  assert(!Object.keys(snapshot(dst)).some((p) => p.includes(".mimeo-tmp-")));
+  JSON.parse(Deno.readTextFileSync(`${dst}.mimeo.json`));
+  assertEquals((await mimeo(["verify", dst])).code, 0);
+  // Free space by removing what does not fit; the next run mirrors the rest.
+  Deno.removeSync(`${src}/big2.bin`);
+  const r2 = await mimeo(["sync", src, dst, "-q"]);
+  assertEquals(r2.code, 0, r2.stderr);
+  assertMirror(src, dst);
 });
 
 Deno.test("a replica folder replaced by a symlink never leads to a write outside", async () => {
