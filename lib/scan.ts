@@ -154,6 +154,16 @@ export function badNameIssue(path: string): ScanIssue {
   };
 }
 
+/** The scan warning for a FIFO, socket or device, which is never mirrored. */
+function specialIssue(path: string): ScanIssue {
+  return {
+    path,
+    level: "warning",
+    code: "SPECIAL",
+    message: "special file (FIFO, socket or device) skipped",
+  };
+}
+
 /** The node for one path, or `"special"` for FIFOs, sockets and devices. Throws on I/O errors. */
 export function statNode(abs: string): Node | "special" {
   return nodeFromStat(Deno.lstatSync(abs), abs);
@@ -207,6 +217,7 @@ export function scanTree(root: string, options: ScanOptions = {}): ScanResult {
           ok = false;
           break;
         }
+        if (node === "special") issues.push(specialIssue(p)); // (as in a full walk)
         if (node === "special" || (exclude && exclude(p, node.type === "dir"))) {
           ok = false;
           break;
@@ -245,12 +256,7 @@ export function scanTree(root: string, options: ScanOptions = {}): ScanResult {
         continue;
       }
       if (node === "special") {
-        issues.push({
-          path: rel,
-          level: "warning",
-          code: "SPECIAL",
-          message: "special file (FIFO, socket or device) skipped",
-        });
+        issues.push(specialIssue(rel));
         continue;
       }
       tree.set(rel, node);

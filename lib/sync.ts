@@ -327,10 +327,10 @@ interface DirFps {
 
 /**
  * The triples of `fps` (see `QuickResult.dirFps`) without those of the folders that hold an
- * entry with an error in `issues`.
+ * entry in `issues`.
  */
 function withoutParentsOf(fps: number[], ix: ManifestIndex, issues: ScanIssue[]): number[] {
-  const parents = new Set(issues.filter((i) => i.level === "error").map((i) => parentOf(i.path)));
+  const parents = new Set(issues.map((i) => parentOf(i.path)));
   if (!parents.size) return fps;
   const kept: number[] = [];
   for (let k = 0; k < fps.length; k += 3) {
@@ -887,12 +887,13 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     }
   }
   const sourceErrors = issues.some((i) => i.level === "error");
-  // A folder holding a name that could not be read does not list what the manifest holds:
-  // no fingerprint for it, so that the next run lists it and meets the problem again.
+  // A folder holding a name that could not be read, or a special file, does not list what
+  // the manifest holds: no fingerprint for it, so that every run lists it and reports the
+  // entry again, as the first did.
   if (dirFps && ix) {
     dirFps = {
       src: withoutParentsOf(dirFps.src, ix, issues),
-      dst: withoutParentsOf(dirFps.dst, ix, replicaIssues),
+      dst: withoutParentsOf(dirFps.dst, ix, repScan.issues),
     };
   }
 
@@ -907,6 +908,14 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   const p: Plan = unchanged
     ? { ops: [], deletesSkipped: [], bytesToCopy: 0 }
     : plan(src, rep, { allowDelete: !sourceErrors, renames: options.renames ?? true });
+  // Special files in the replica (FIFOs, sockets, devices) are in no tree, only scan
+  // warnings, and the source never has them: extra entries, deleted first like any other
+  // (as rsync --delete does), unless a source read error holds deletions back.
+  const specials = repScan.issues.filter((i) => i.code === "SPECIAL").map((i) => i.path);
+  if (specials.length) {
+    if (sourceErrors) p.deletesSkipped.push(...specials);
+    else p.ops.unshift(...specials.map((path): Op => ({ op: "delete", path, kind: "file" })));
+  }
   mark("plan");
   if (p.deletesSkipped.length) {
     logEvent("warning", {

@@ -409,16 +409,44 @@ Deno.test("source symlinks are mirrored as links and never followed", async () =
   assertMirror(src, dst);
 });
 
-Deno.test("special files are skipped with a warning", async () => {
+Deno.test("special files: skipped with a warning on every run in the source, deleted from the replica", async () => {
   await using d = await tempDir();
   const src = `${d.path}/src`, dst = `${d.path}/dst`;
-  writeTree(src, { "a.txt": "a" });
-  const mk = await new Deno.Command("mkfifo", { args: [`${src}/pipe`] }).output();
-  assert(mk.success);
+  writeTree(src, { "a.txt": "a", "sub/b.txt": "b", "dir/": null });
+  ageTree(src);
+  const fifo = async (path: string) => {
+    const mk = await new Deno.Command("mkfifo", { args: [path] }).output();
+    assert(mk.success);
+  };
+  await fifo(`${src}/pipe`);
+  await fifo(`${src}/sub/pipe`);
+  // Before, only the first run warned: the quick check's re-scan skipped them silently.
+  for (let run = 1; run <= 3; run++) {
+    const r = await mimeo(["sync", src, dst]);
+    assertEquals(r.code, 0, r.stderr);
+    assertMatch(r.stderr, /warning: pipe: special file \(FIFO, socket or device\) skipped/);
+    assertMatch(r.stderr, /warning: sub\/pipe: special file/, `run ${run}`);
+    // (Long enough for a later run to record the folders' fingerprints.)
+    await new Promise((r) => setTimeout(r, 1100));
+  }
+  assertEquals(Object.keys(snapshot(dst)).sort(), ["a.txt", "dir", "sub", "sub/b.txt"]);
+  // In the replica they are extra entries, as rsync --delete sees them: deleted, also where
+  // the source has a folder of that name.
+  await fifo(`${dst}/sub/extra`);
+  await fifo(`${dst}/dir2`);
+  Deno.mkdirSync(`${src}/dir2`);
   const r = await mimeo(["sync", src, dst]);
   assertEquals(r.code, 0, r.stderr);
-  assertMatch(r.stderr, /warning: pipe: special file \(FIFO, socket or device\) skipped/);
-  assertEquals(Object.keys(snapshot(dst)), ["a.txt"]);
+  assertMatch(r.stderr, /^delete {2}sub\/extra$/m);
+  assertMatch(r.stderr, /^delete {2}dir2$/m);
+  assertEquals(Object.keys(snapshot(dst)).sort(), [
+    "a.txt",
+    "dir",
+    "dir2",
+    "sub",
+    "sub/b.txt",
+  ]);
+  assert(Deno.lstatSync(`${dst}/dir2`).isDirectory);
 });
 
 Deno.test("a name that is not valid UTF-8 is an error on every run, in the source or the replica", async () => {
