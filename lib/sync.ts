@@ -1038,7 +1038,10 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
               ix!,
               previous,
               dirFps,
-              p.ops.length === 0 && p.deletesSkipped.length === 0,
+              // With a filter, the manifest can lose entries that stay on both sides (now
+              // excluded, left alone): their folders' listings no longer match it, so
+              // their recorded fingerprints must go, as in a run that changed them.
+              p.ops.length === 0 && p.deletesSkipped.length === 0 && !exclude,
               inIndex!, // (a previous file is opened only with an index and roots)
             )
             : full(),

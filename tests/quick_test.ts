@@ -713,6 +713,27 @@ Deno.test("folder fingerprints are not recorded while exclude patterns hide name
   assertMirror(src, dst);
 });
 
+Deno.test("a pattern added, then dropped: the folders whose names it hid lose their fingerprints", async () => {
+  await using p = await syncedPair({ "d/keep.txt": "k", "d/x.log": "log1", "e/other.txt": "o" });
+  const { src, dst, man } = p;
+  await sleep(1100);
+  // A no-op records the folders' fingerprints; `d` is then trusted without a listing.
+  assertEquals((await mimeo(["sync", src, dst, "-q"])).code, 0);
+  assert("d" in folderRows(man) && "e" in folderRows(man), JSON.stringify(folderRows(man)));
+  // Now excluded: `x.log` leaves the manifest and stays on both sides, and so `d`'s
+  // fingerprint, recorded with it, must go (before, it stayed: the run changed nothing).
+  assertEquals((await mimeo(["sync", src, dst, "-q", "--exclude", "*.log"])).code, 0);
+  assert(!("d" in folderRows(man)), JSON.stringify(folderRows(man)));
+  assert("e" in folderRows(man), "a folder the pattern hid nothing in keeps its fingerprint");
+  // Without the pattern, `x.log` is tracked again, so an edit to it is mirrored.
+  assertEquals((await mimeo(["sync", src, dst, "-q"])).code, 0);
+  Deno.writeTextFileSync(`${src}/d/x.log`, "log2, longer");
+  const r = await mimeo(["sync", src, dst]);
+  assertEquals(r.code, 0, r.stderr);
+  assertEquals(Deno.readTextFileSync(`${dst}/d/x.log`), "log2, longer");
+  assertMirror(src, dst);
+});
+
 Deno.test("the quick check sees every kind of change on both sides", async () => {
   await using p = await syncedPair({
     "f.txt": "one",
