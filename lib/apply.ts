@@ -13,7 +13,7 @@ import { type LogEvent, logEvent } from "./log.ts";
 import { modeString } from "./manifest.ts";
 import { CopyHelper, type CopyJob } from "./copy_worker.ts";
 import { applyOp, type CopyOp, countOps, type Op, type Plan } from "./plan.ts";
-import { fingerprintOf, nodeFromStat, sameStat } from "./scan.ts";
+import { fingerprintOf, nodeFromStat, type PathFilter, sameStat } from "./scan.ts";
 import {
   KERNEL_COPY_MIN_BYTES,
   type PendingWrite,
@@ -82,6 +82,11 @@ export interface ApplyOptions {
    * @default HELPER_MIN_FILES (Infinity: never)
    */
   helperMinFiles?: number;
+  /**
+   * The run's exclude filter: a replica folder to remove that still holds only excluded
+   * entries (left alone, so never planned) is kept, with a warning, not a failure.
+   */
+  exclude?: PathFilter;
 }
 
 /** What {@linkcode applyPlan} did. */
@@ -195,6 +200,23 @@ export async function applyPlan(p: Plan, o: ApplyOptions): Promise<ApplyReport> 
     o.progress?.({ ops: done + failures.length, bytes: bytesCopied });
   };
 
+  /** Folders not removed because they hold excluded entries (see `holdsOnlyExcluded`). */
+  const kept = new Set<string>();
+  /** Whether every entry left in the replica folder `dir` is excluded, or such a folder. */
+  const holdsOnlyExcluded = (dir: string): boolean => {
+    const exclude = o.exclude;
+    if (!exclude) return false;
+    try {
+      for (const d of Deno.readDirSync(`${target.root}/${dir}`)) {
+        const p = `${dir}/${d.name}`;
+        if (!exclude(p, d.isDirectory) && !kept.has(p)) return false;
+      }
+      return true;
+    } catch {
+      return false;
+    }
+  };
+
   /** Run one operation; false when the signal stopped it. */
   const runOp = async (op: Op): Promise<boolean> => {
     try {
@@ -252,6 +274,16 @@ export async function applyPlan(p: Plan, o: ApplyOptions): Promise<ApplyReport> 
       succeeded(op, ev, node);
     } catch (e) {
       if (signal?.aborted && e === signal.reason) return false;
+      if (op.op === "rmdir" && holdsOnlyExcluded(op.path)) {
+        kept.add(op.path);
+        logEvent("warning", {
+          event: "kept",
+          path: op.path,
+          message:
+            `kept folder '${op.path}/': it holds entries excluded from the mirror, which stay as they are`,
+        });
+        return true;
+      }
       const path = op.op === "rename" ? op.to : op.path;
       const f: OpFailure = { op: op.op, path, code: errorCode(e), message: errorMessage(e) };
       failures.push(f);

@@ -990,6 +990,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
       signal: options.signal,
       progress: progressFn,
       helperMinFiles: options.helperMinFiles,
+      exclude,
     });
   }
   mark("apply");

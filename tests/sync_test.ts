@@ -270,6 +270,35 @@ Deno.test("--exclude and .mimeoignore leave paths out on both sides", async () =
   );
 });
 
+Deno.test("a folder gone from the source that holds excluded entries in the replica is kept with a warning, not an error", async () => {
+  // As rsync says "cannot delete non-empty directory" and exits 0. Before, every run failed
+  // (exit 1) on the folder's removal.
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  writeTree(src, { "keep.txt": "k", "d/a.txt": "a", "d/x.log": "l", "d/sub/y.log": "l" });
+  assertEquals((await mimeo(["sync", src, dst, "-q"])).code, 0);
+  Deno.removeSync(`${src}/d`, { recursive: true });
+  for (let run = 1; run <= 2; run++) {
+    const r = await mimeo(["sync", src, dst, "--exclude", "*.log"]);
+    assertEquals(r.code, 0, `run ${run}: ${r.stderr}`);
+    assertMatch(r.stderr, /warning: kept folder 'd\/sub\/': it holds entries excluded/);
+    assertMatch(r.stderr, /warning: kept folder 'd\/': it holds entries excluded/);
+    assertEquals(Object.keys(snapshot(dst)).sort(), [
+      "d",
+      "d/sub",
+      "d/sub/y.log",
+      "d/x.log",
+      "keep.txt",
+    ]);
+    const v = await mimeo(["verify", dst, "--exclude", "*.log"]);
+    assertEquals(v.code, 0, v.stdout);
+  }
+  // Without the pattern the logs are extra entries again: all of `d` goes.
+  const r = await mimeo(["sync", src, dst, "-q"]);
+  assertEquals(r.code, 0, r.stderr);
+  assertMirror(src, dst);
+});
+
 Deno.test("--checksum finds a same-size edit that kept size and mtime", async () => {
   await using d = await tempDir();
   const src = `${d.path}/src`, dst = `${d.path}/dst`;
