@@ -942,6 +942,18 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
       );
     }
   }
+  // A first sync into a folder mimeo did not make (no manifest beside it) that would delete
+  // most of it: more likely a wrong path (`mimeo build ~`) than a stale copy. Asked for,
+  // with --max-delete, it goes ahead.
+  if (
+    !manifestStat && replicaExists && options.maxDelete === undefined &&
+    options.maxDeletePercent === undefined && deletes >= FIRST_SYNC_DELETE_MIN &&
+    deletes > repCount * FIRST_SYNC_DELETE_SHARE
+  ) {
+    throw new RefusedError(
+      `refusing a first sync into '${options.replica}' that would delete ${deletes} of its ${repCount} entries (mimeo has no manifest for it, so it did not make it; is the path right?); nothing was changed. To mirror into it anyway, pass --max-delete 100%`,
+    );
+  }
 
   const report = newReport(paths, dryRun, outside + src.size);
   report.ops = p.ops;
@@ -1118,6 +1130,14 @@ function mirrorRootMode(report: SyncReport, dryRun: boolean): void {
     logEvent("error", { event: "error", op: "meta", path: ".", code: f.code, error: f.message });
   }
 }
+
+/**
+ * A first sync into an existing folder (no manifest) is refused when it would delete more
+ * than this share of the folder's entries, and at least {@linkcode FIRST_SYNC_DELETE_MIN}.
+ */
+export const FIRST_SYNC_DELETE_SHARE = 0.5;
+/** See {@linkcode FIRST_SYNC_DELETE_SHARE}. */
+export const FIRST_SYNC_DELETE_MIN = 10;
 
 /** A report of a run that did nothing yet. */
 function newReport(paths: SyncPaths, dryRun: boolean, entries: number): SyncReport {

@@ -248,6 +248,41 @@ Deno.test("--max-delete refuses a run that would delete too much, count and perc
   assertMirror(src, dst);
 });
 
+Deno.test("a first sync into a folder mimeo did not make is refused if it would delete most of it", async () => {
+  // `mimeo build ~` instead of `mimeo build ~/www`: without a manifest beside the replica,
+  // deleting more than half of its entries (and 10 or more) asks for --max-delete.
+  await using d = await tempDir();
+  const src = `${d.path}/src`, home = `${d.path}/home`;
+  writeTree(src, { "index.html": "<p>", "app.js": "js" });
+  writeTree(
+    home,
+    Object.fromEntries(Array.from({ length: 12 }, (_, i) => [`doc${i}.txt`, `${i}`])),
+  );
+  const before = snapshot(d.path);
+  for (const cmd of ["sync", "plan"]) {
+    const r = await mimeo([cmd, src, home]);
+    assertEquals(r.code, 3, `${cmd}: ${r.stderr}`);
+    assertMatch(
+      r.stderr,
+      /refusing a first sync into '.*home' that would delete 12 of its 12 entries .*pass --max-delete 100%/,
+    );
+    assertEquals(snapshot(d.path), before, "nothing may be created, changed or deleted");
+  }
+  // A stale copy of the same tree is no such case: it mostly matches.
+  const stale = `${d.path}/stale`;
+  writeTree(stale, { "index.html": "<p>", "app.js": "old js", "gone.css": "css" });
+  assertEquals((await mimeo(["sync", src, stale, "-q"])).code, 0);
+  assertMirror(src, stale);
+  // Asked for, it goes ahead; later runs (with a manifest) are not held back.
+  const ok = await mimeo(["sync", src, home, "--max-delete", "100%", "-q"]);
+  assertEquals(ok.code, 0, ok.stderr);
+  assertMirror(src, home);
+  writeTree(home, Object.fromEntries(Array.from({ length: 12 }, (_, i) => [`new${i}`, "x"])));
+  const again = await mimeo(["sync", src, home, "-q"]);
+  assertEquals(again.code, 0, again.stderr);
+  assertMirror(src, home);
+});
+
 Deno.test("an empty source never wipes a non-empty replica unless allowed", async () => {
   await using d = await tempDir();
   const src = `${d.path}/src`, dst = `${d.path}/dst`;
