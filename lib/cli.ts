@@ -82,7 +82,9 @@ const MIRROR_OPTIONS =
                          is read automatically
   --checksum             hash every file instead of trusting size/mtime/ctime/inode
   --manifest FILE        the replica's manifest (default: <replica>.mimeo.json, beside it)
-  --max-delete N|N%      refuse the run if it would delete more than N entries (or N% of them)
+  --max-delete N|N%      refuse the run if it would delete more than N entries (or N% of them);
+                         without it, a first sync into a folder mimeo did not make may not
+                         delete more than half of it (--max-delete 100% allows that)
   --allow-empty-source   let an empty source empty a non-empty replica
   --no-renames           copy moved files instead of renaming them in the replica
   --json                 machine-readable output on stdout
