@@ -192,16 +192,19 @@ export async function applyPlan(p: Plan, o: ApplyOptions): Promise<ApplyReport> 
   let stopped = false;
   let lastYield = performance.now();
 
+  /** Folders not removed because they hold excluded entries (see `holdsOnlyExcluded`). */
+  const kept = new Set<string>();
+  /** Operations finished either way, for the progress line. */
+  const opsSeen = () => done + failures.length + kept.size;
+
   const succeeded = (op: Op, ev: LogEvent, node?: FileNode) => {
     applyOp(state, op, node);
     done++;
     counts[op.op]++;
     logEvent("info", ev);
-    o.progress?.({ ops: done + failures.length, bytes: bytesCopied });
+    o.progress?.({ ops: opsSeen(), bytes: bytesCopied });
   };
 
-  /** Folders not removed because they hold excluded entries (see `holdsOnlyExcluded`). */
-  const kept = new Set<string>();
   /** Whether every entry left in the replica folder `dir` is excluded, or such a folder. */
   const holdsOnlyExcluded = (dir: string): boolean => {
     const exclude = o.exclude;
@@ -282,6 +285,7 @@ export async function applyPlan(p: Plan, o: ApplyOptions): Promise<ApplyReport> 
           message:
             `kept folder '${op.path}/': it holds entries excluded from the mirror, which stay as they are`,
         });
+        o.progress?.({ ops: opsSeen(), bytes: bytesCopied });
         return true;
       }
       const path = op.op === "rename" ? op.to : op.path;
@@ -295,7 +299,7 @@ export async function applyPlan(p: Plan, o: ApplyOptions): Promise<ApplyReport> 
         code: f.code,
         error: f.message,
       });
-      o.progress?.({ ops: done + failures.length, bytes: bytesCopied });
+      o.progress?.({ ops: opsSeen(), bytes: bytesCopied });
     }
     // Signals, timers and the copy helper's results get a turn now and then.
     if (performance.now() - lastYield > 50) {

@@ -13,7 +13,10 @@ export const ExitCode = {
   PartialFailure: 1,
   /** Bad usage or unsafe configuration; nothing was touched. */
   Usage: 2,
-  /** Refused by a safety limit (--max-delete, empty source); nothing was touched. */
+  /**
+   * Refused by a safety limit (--max-delete, empty source, a first sync that would empty a
+   * folder mimeo did not make); nothing was touched.
+   */
   Refused: 3,
   /**
    * Another run is using the replica; nothing was touched. Try again later (sysexits'

@@ -8,6 +8,7 @@ import {
   assertMirror,
   exists,
   jsonLines,
+  MAIN,
   mimeo,
   snapshot,
   tempDir,
@@ -464,6 +465,28 @@ Deno.test("--interval with --count runs that many times, never overlapping", asy
   assertEquals((runs[0].done as Record<string, number>).copy, 1);
   assertEquals((runs[2].done as Record<string, number>).copy, 0);
   assert(elapsed >= 600, `three runs 300 ms apart take at least 600 ms, took ${elapsed}`);
+  assertMirror(src, dst);
+});
+
+Deno.test("periodic mode waits out a replica busy with another run, even in its first run", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  writeTree(src, { "a.txt": "a" });
+  Deno.mkdirSync(dst);
+  // This test process holds the lock a running sync holds, for the first run only.
+  const held = Deno.openSync(dst, { read: true });
+  assert(held.tryLockSync(true));
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-R", "-W", MAIN, "sync", src, dst, "--interval", "300ms", "--count", "3"],
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  await new Promise((r) => setTimeout(r, 150));
+  held.close();
+  const out = await child.output();
+  const stderr = new TextDecoder().decode(out.stderr);
+  assertEquals(out.code, 0, stderr);
+  assertMatch(stderr, /run 1 failed: another mimeo run is using replica .*; trying again/);
   assertMirror(src, dst);
 });
 
