@@ -176,12 +176,17 @@ export interface SyncReport {
   exitCode: number;
 }
 
-function loadManifest(path: string, replicaExists: boolean): Manifest | undefined {
+/**
+ * The recorded manifest at `path`, or undefined (with a warning when `replica`, the folder
+ * it describes, existed before the run and holds anything: it is rebuilt from the replica).
+ */
+function loadManifest(path: string, replica: string | undefined): Manifest | undefined {
   try {
     return readManifest(path);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) {
-      if (replicaExists) {
+      // (An empty folder, as after `mkdir backup`, has nothing to rebuild.)
+      if (replica !== undefined && !isEmptyDir(replica)) {
         logEvent("warning", {
           event: "manifest-missing",
           path,
@@ -621,6 +626,15 @@ export function manifestsEqual(a: Manifest, b: Manifest): boolean {
   return true;
 }
 
+/** True when `dir` is a folder with no entries (false when it cannot be listed). */
+function isEmptyDir(dir: string): boolean {
+  try {
+    return Deno.readDirSync(dir)[Symbol.iterator]().next().done === true;
+  } catch {
+    return false;
+  }
+}
+
 function exists(path: string): boolean {
   try {
     Deno.lstatSync(path);
@@ -807,7 +821,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   // them (see manifestPart); `whole` gives the rest when the manifest is written.
   // The quick check read the index up to its paths; the hashes are needed from here on.
   if (ix && !loadIndexDetails(ix)) ix = undefined;
-  const loaded = ix ? undefined : loadManifest(manifestPath, replicaExists);
+  const loaded = ix ? undefined : loadManifest(manifestPath, replicaExists ? replica : undefined);
   const roots = (ix || loaded) && only ? new Set(normalizeOnly(only)) : undefined;
   // Found once: the part is read with it now, and the manifest spliced with it at the end.
   const inIndex = ix && roots ? rootsInIndex(ix, roots) : undefined;

@@ -6,6 +6,7 @@ import {
   assertEquals,
   assertMatch,
   assertMirror,
+  assertNotMatch,
   exists,
   jsonLines,
   MAIN,
@@ -383,6 +384,17 @@ Deno.test("verify lists every mismatch and exits 1", async () => {
     r.mismatches.map((m: { path: string; problem: string }) => `${m.problem}:${m.path}`),
     ["content:big.bin", "mode:bin/tool", "extra:intruder", "missing:zero"],
   );
+});
+
+Deno.test("a first sync into an existing empty folder warns of nothing: there is nothing to rebuild", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  sample(src);
+  Deno.mkdirSync(dst); // as after `mkdir backup`
+  const r = await mimeo(["sync", src, dst]);
+  assertEquals(r.code, 0, r.stderr);
+  assertNotMatch(r.stderr, /warning/);
+  assertMatch(r.stderr, /synced: \d+ copied/);
 });
 
 Deno.test("a missing or corrupt manifest is a warning and a rebuild, never a crash", async () => {
