@@ -167,3 +167,36 @@ function checkManifestPlace(given: string, man: string): void {
     throw new UsageError(`Manifest '${given}' cannot be written: its folder does not exist`);
   }
 }
+
+/**
+ * Refuse a run whose manifest could not be written where it goes: a folder mimeo may not
+ * write in (a replica that is a mount point in a folder of root's, say) or a read-only
+ * one. The run would copy everything, fail at its end, and, with no manifest, re-hash the
+ * whole replica on every later run. Unlike the checks above this writes: an empty file
+ * beside the manifest, removed at once (permission bits alone do not tell, with ACLs,
+ * read-only mounts or root). A folder that does not exist yet is made by the run; other
+ * failures (a full disk, which the run's deletions may cure) are left to the run.
+ *
+ * @example
+ * ```ts
+ * checkManifestWritable("/media/usb.mimeo.json"); // throws UsageError when /media is read-only
+ * ```
+ */
+export function checkManifestWritable(man: string): void {
+  const probe = `${man}.tmp-${Deno.pid}-probe`;
+  try {
+    Deno.openSync(probe, { write: true, createNew: true, mode: 0o600 }).close();
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    if (e instanceof Deno.errors.PermissionDenied || code === "EROFS") {
+      const why = code === "EROFS" ? "is on a read-only file system" : "is not writable";
+      throw new UsageError(
+        `Cannot write the manifest '${man}': its folder '${
+          dirname(man)
+        }' ${why}; pass --manifest FILE to keep it in a folder mimeo can write`,
+      );
+    }
+    return;
+  }
+  Deno.removeSync(probe);
+}

@@ -21,7 +21,7 @@ import {
   writeReplicaManifest,
 } from "./manifest.ts";
 import { countOps, isTempPath, type MetaOp, type Op, type Plan, plan } from "./plan.ts";
-import { granted, type SyncPaths, validatePaths } from "./paths.ts";
+import { checkManifestWritable, granted, type SyncPaths, validatePaths } from "./paths.ts";
 import {
   INDEX_FIELDS,
   indexFind,
@@ -44,7 +44,7 @@ import {
 } from "./scan.ts";
 import { hashNode } from "./hash.ts";
 import { quickCheckInWorker, scanInWorker } from "./scan_worker.ts";
-import { FsTarget, yieldToEventLoop } from "./target_fs.ts";
+import { FsTarget, removeQuietly, yieldToEventLoop } from "./target_fs.ts";
 import {
   type DirNode,
   type FileNode,
@@ -710,8 +710,9 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     replicaExists = false;
   }
   // One run at a time into a replica (see lock.ts). A first run makes the replica folder
-  // now, to hold its lock; nothing can be refused once the paths are valid and the replica
-  // is empty, so this creates nothing a refusal would have to undo.
+  // now, to hold its lock; once the paths are valid and the folder for the manifest can be
+  // written, nothing can be refused while the replica is empty (and if that folder cannot
+  // be, the empty replica made here goes again).
   if (!dryRun && !replicaExists) {
     // Private from the start when the source is (its mode is set exactly at the end).
     const mode = ((Deno.statSync(source).mode ?? 0o755) & 0o777) | 0o700;
@@ -728,6 +729,14 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
       if (!(e instanceof Deno.errors.AlreadyExists)) {
         throw new UsageError(`Cannot create replica '${options.replica}': ${errorMessage(e)}`);
       }
+    }
+  }
+  if (!dryRun) {
+    try {
+      checkManifestWritable(manifestPath);
+    } catch (e) {
+      if (!replicaExists) removeQuietly(replica);
+      throw e;
     }
   }
   using _lock = dryRun ? undefined : lockReplica(replica, "sync");

@@ -11,6 +11,7 @@ import {
   assertMirror,
   assertNotMatch,
   assertRecovers,
+  exists,
   jsonLines,
   mimeo,
   ROOT,
@@ -38,7 +39,7 @@ async function assertRefused(
 
 /** Mount a 1 MiB tmpfs at `dir` (made here) with `opts`; unmounted when disposed. Needs root. */
 async function tmpfsAt(dir: string, opts: "ro" | "rw"): Promise<AsyncDisposable> {
-  Deno.mkdirSync(dir);
+  Deno.mkdirSync(dir, { recursive: true }); // (a mount point may exist already)
   const mount = await new Deno.Command("mount", {
     args: ["-t", "tmpfs", "-o", `${opts},size=1m`, "tmpfs", dir],
     stderr: "piped",
@@ -133,6 +134,45 @@ Deno.test("a replica that cannot be created is one clear line, exit 2", async ()
     2,
     /Cannot create replica '.*ro\/rep': Read-only file system/,
   );
+});
+
+Deno.test("a manifest folder mimeo cannot write is refused before anything is copied", async () => {
+  // A replica that is a mount point in a folder the user cannot write (a drive mounted in
+  // root's /media): the manifest beside it could never be written, so every run would copy,
+  // fail at its end and, with no manifest, re-hash the whole replica next time.
+  await using d = await tempDir();
+  writeTree(d.path, { "src/a": "a", "src/sub/b": "b" });
+  const parent = `${d.path}/parent`;
+  await using _parent = await tmpfsAt(parent, "rw");
+  Deno.mkdirSync(`${parent}/rep`);
+  const remount = await new Deno.Command("mount", { args: ["-o", "remount,ro", parent] }).output();
+  assert(remount.success, "remount read-only");
+  await using _rep = await tmpfsAt(`${parent}/rep`, "rw");
+  await assertRefused(
+    d.path,
+    ["sync", `${d.path}/src`, `${parent}/rep`],
+    2,
+    /Cannot write the manifest '.*parent\/rep\.mimeo\.json': its folder '.*parent' is on a read-only file system; pass --manifest FILE/,
+  );
+  // A new replica is made before the check (for its lock) and goes again when refused.
+  await assertRefused(
+    d.path,
+    ["sync", `${d.path}/src`, `${d.path}/new`, "--manifest", `${parent}/m.json`],
+    2,
+    /Cannot write the manifest '.*parent\/m\.json': its folder '.*parent' is on a read-only/,
+  );
+  // A dry run writes nothing and is not refused; with --manifest elsewhere the sync runs.
+  assertEquals((await mimeo(["plan", `${d.path}/src`, `${parent}/rep`])).code, 0);
+  const r = await mimeo([
+    "sync",
+    `${d.path}/src`,
+    `${parent}/rep`,
+    "--manifest",
+    `${d.path}/m.json`,
+  ]);
+  assertEquals(r.code, 0, r.stderr);
+  assertMirror(`${d.path}/src`, `${parent}/rep`);
+  assert(exists(`${d.path}/m.json`));
 });
 
 Deno.test("refuses overlapping source and replica, also through symlinks and ..", async () => {
