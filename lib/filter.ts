@@ -57,7 +57,9 @@ export async function buildFilter(options: FilterOptions): Promise<PathFilter | 
   }
   if (rules.length === 0) return undefined;
   const { default: ignore } = await import("ignore");
-  const ig = ignore({ allowRelativePaths: false });
+  // Case-sensitive, as rsync's patterns and git's on Linux: the package ignores case by
+  // default, which left `KEEP.LOG` out of a mirror excluding `*.log`.
+  const ig = ignore({ allowRelativePaths: false, ignorecase: false });
   for (const r of rules) ig.add(r);
   return (path, isDir) => ig.ignores(isDir ? `${path}/` : path);
 }

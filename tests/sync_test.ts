@@ -272,6 +272,16 @@ Deno.test("--exclude and .mimeoignore leave paths out on both sides", async () =
   );
 });
 
+Deno.test("--exclude patterns match case-sensitively, as rsync's and git's on Linux do", async () => {
+  // The `ignore` package ignores case by default: '*.log' left 'KEEP.LOG' out of the mirror.
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  writeTree(src, { "debug.log": "l", "KEEP.LOG": "L", "Cache/x": "c", "cache/y": "c" });
+  const r = await mimeo(["sync", src, dst, "--exclude", "*.log", "--exclude", "cache/", "-q"]);
+  assertEquals(r.code, 0, r.stderr);
+  assertEquals(Object.keys(snapshot(dst)).sort(), ["Cache", "Cache/x", "KEEP.LOG"]);
+});
+
 Deno.test("a folder gone from the source that holds excluded entries in the replica is kept with a warning, not an error", async () => {
   // As rsync says "cannot delete non-empty directory" and exits 0. Before, every run failed
   // (exit 1) on the folder's removal.
