@@ -97,6 +97,7 @@ async function runSync(cmd: Extract<Command, { command: "sync" | "plan" }>): Pro
     manifest: cmd.manifest,
     exclude: cmd.exclude,
     ignoreFiles: cmd.ignoreFiles,
+    deleteExcluded: cmd.deleteExcluded,
     checksum: cmd.checksum,
     dryRun,
     maxDelete: cmd.maxDelete,

@@ -17,6 +17,7 @@ export interface MirrorArgs {
   manifest?: string;
   exclude: string[];
   ignoreFiles: string[];
+  deleteExcluded: boolean;
   checksum: boolean;
   maxDelete?: number;
   maxDeletePercent?: number;
@@ -78,6 +79,7 @@ by a safety limit, nothing touched; 75 another run is using the replica, nothing
 const MIRROR_OPTIONS =
   `  --exclude GLOB         leave out paths matching a .gitignore-style pattern (repeatable);
                          excluded replica entries are left alone
+  --delete-excluded      delete excluded entries from the replica too (as rsync's option)
   --ignore-file FILE     read more patterns from FILE (repeatable); <source>/.mimeoignore
                          is read automatically
   --checksum             hash every file instead of trusting size/mtime/ctime/inode
@@ -185,6 +187,7 @@ function parseCount(text: string, flag: string, min = 1): number {
 const mirrorOptions = {
   exclude: { type: "string", multiple: true },
   "ignore-file": { type: "string", multiple: true },
+  "delete-excluded": { type: "boolean" },
   checksum: { type: "boolean" },
   manifest: { type: "string" },
   "max-delete": { type: "string" },
@@ -247,6 +250,7 @@ function mirrorArgs(
     manifest: v.manifest as string | undefined,
     exclude: (v.exclude as string[] | undefined) ?? [],
     ignoreFiles: (v["ignore-file"] as string[] | undefined) ?? [],
+    deleteExcluded: !!v["delete-excluded"],
     checksum: !!v.checksum,
     allowEmptySource: !!v["allow-empty-source"],
     renames: !v["no-renames"],

@@ -73,10 +73,19 @@ export interface SyncOptions {
    * @default "<replica>.mimeo.json" (beside the replica, never inside it)
    */
   manifest?: string;
-  /** `.gitignore`-style patterns to leave out (on both sides: excluded replica entries are kept). */
+  /**
+   * `.gitignore`-style patterns to leave out, on both sides: excluded replica entries are
+   * kept (unless `deleteExcluded`).
+   */
   exclude?: string[];
   /** Files of ignore patterns; `<source>/.mimeoignore` is read too when present. */
   ignoreFiles?: string[];
+  /**
+   * Delete excluded entries from the replica (as rsync's `--delete-excluded`): the patterns
+   * then apply to the source only, and the replica must hold nothing else.
+   * @default false
+   */
+  deleteExcluded?: boolean;
   /**
    * Hash every source file (and same-size replica files) instead of trusting the stat cache.
    * @default false
@@ -702,6 +711,9 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     sourceRoot: source,
   };
   const exclude = await buildFilter(filterOptions);
+  // The replica's side of the filter: the same, or none when excluded entries must go.
+  const repExclude = options.deleteExcluded ? undefined : exclude;
+  const repFilter = repExclude && filterOptions;
   let replicaExists = true;
   try {
     Deno.lstatSync(replica);
@@ -778,7 +790,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     const inWorker = manifestStat.size >= minBytes && exists(indexPath)
       ? quickCheckInWorker({
         root: replica,
-        filter: exclude && filterOptions,
+        filter: repFilter,
         indexPath,
         manifestStat,
         now,
@@ -793,7 +805,12 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     if (ix) {
       mark("index");
       const check = (root: string, side: "source" | "replica") =>
-        quickCheck(root, ix!, { side, exclude, now, signal: options.signal });
+        quickCheck(root, ix!, {
+          side,
+          exclude: side === "source" ? exclude : repExclude,
+          now,
+          signal: options.signal,
+        });
       const srcFound = check(source, "source");
       mark("quickSource");
       let repFound = await inWorker;
@@ -823,7 +840,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   // A large recorded manifest means a large replica: walk it on the second core while this
   // thread reads the manifest and walks the source.
   const repInWorker = replicaExists && !only && manifestStat && manifestStat.size >= minBytes
-    ? scanInWorker({ root: replica, filter: exclude && filterOptions }, options.signal)
+    ? scanInWorker({ root: replica, filter: repFilter }, options.signal)
     : undefined;
   repInWorker?.catch(() => {}); // handled where awaited
   // With the run limited to roots, `old` is only the part of the manifest inside and above
@@ -867,7 +884,11 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     }
   }
   repScan ??= replicaExists
-    ? scanTree(replica, { exclude, signal: options.signal, only: repRoots && [...repRoots] })
+    ? scanTree(replica, {
+      exclude: repExclude,
+      signal: options.signal,
+      only: repRoots && [...repRoots],
+    })
     : { tree: new Map() as Tree, issues: [] as ScanIssue[] };
   mark("scan");
   const src = srcRoots ? mergePartial(old!, srcScan.tree, srcRoots, "src") : srcScan.tree;
@@ -1025,7 +1046,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
       signal: options.signal,
       progress: progressFn,
       helperMinFiles: options.helperMinFiles,
-      exclude,
+      exclude: repExclude,
     });
   }
   mark("apply");

@@ -784,13 +784,27 @@ Deno.test(`differential: changes under folders whose listing is trusted (MIMEO_S
       // A pattern for a while: what it hides leaves the manifest and stays on both sides.
       // Its folders' fingerprints, recorded before it, must not hide those names (and so
       // their edits) from the runs after it.
-      const hidden = await mimeo(["sync", s.src, s.dst, "--quiet", "--exclude", "*.txt"]);
+      // Every other time with --delete-excluded: then the replica holds the rest only.
+      const isTxt = (p: string) => p.split("/").some((c) => c.endsWith(".txt"));
+      const rest = Object.fromEntries(Object.entries(snapshot(s.src)).filter(([p]) => !isTxt(p)));
+      const drop = round % 4 === 3 && Object.keys(rest).length > 0;
+      const args = ["sync", s.src, s.dst, "--quiet", "--exclude", "*.txt"];
+      const hidden = await mimeo(drop ? [...args, "--delete-excluded"] : args);
       assert(
         hidden.code === 0,
         `${context("folders", round, fz.log)()}
 ${cliText(hidden)}`,
       );
-      fz.log.push("a sync with --exclude '*.txt'");
+      fz.log.push(`a sync with --exclude '*.txt'${drop ? " --delete-excluded" : ""}`);
+      if (drop) {
+        assertSame(
+          snapshot(s.dst),
+          rest,
+          `${context("folders", round, fz.log)()}
+--delete-excluded left the replica`,
+          ["replica", "source without *.txt"],
+        );
+      }
     }
     fz.mutateSource(rng.int(2, 9));
     if (round % 2 === 0) fz.tamper(rng.int(1, 4), s.manifest);

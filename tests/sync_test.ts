@@ -282,6 +282,46 @@ Deno.test("--exclude patterns match case-sensitively, as rsync's and git's on Li
   assertEquals(Object.keys(snapshot(dst)).sort(), ["Cache", "Cache/x", "KEEP.LOG"]);
 });
 
+Deno.test("--delete-excluded deletes excluded entries from the replica, as rsync's option does", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  writeTree(src, {
+    "keep.txt": "k",
+    "debug.log": "l",
+    "sub/also.log": "l",
+    "sub/keep.md": "m",
+    "cache/big": "c",
+    "cache/deeper/more": "c",
+  });
+  ageTree(src);
+  assertEquals((await mimeo(["sync", src, dst, "-q"])).code, 0);
+  ageTree(dst);
+  assertEquals((await mimeo(["sync", src, dst, "-q"])).code, 0); // (the quick path from here)
+  writeTree(dst, { "sub/stray.log": "put in the replica by hand" });
+  const args = ["--exclude", "*.log", "--exclude", "cache/", "--delete-excluded"];
+  const plan = await mimeo(["plan", src, dst, ...args, "--json"]);
+  assertEquals(plan.code, 0, plan.stderr);
+  const ops = JSON.parse(plan.stdout).ops.map((o: { op: string; path: string }) =>
+    `${o.op} ${o.path}`
+  ).sort();
+  assertEquals(ops, [
+    "delete cache/big",
+    "delete cache/deeper/more",
+    "delete debug.log",
+    "delete sub/also.log",
+    "delete sub/stray.log",
+    "rmdir cache",
+    "rmdir cache/deeper",
+  ]);
+  const r = await mimeo(["sync", src, dst, ...args]);
+  assertEquals(r.code, 0, r.stderr);
+  assertEquals(Object.keys(snapshot(dst)).sort(), ["keep.txt", "sub", "sub/keep.md"]);
+  assertMatch((await mimeo(["sync", src, dst, ...args])).stderr, /synced: nothing to do/);
+  // The manifest describes exactly what is left; the source is untouched.
+  assertEquals((await mimeo(["verify", dst])).code, 0);
+  assertEquals(Object.keys(snapshot(src)).length, 9);
+});
+
 Deno.test("a folder gone from the source that holds excluded entries in the replica is kept with a warning, not an error", async () => {
   // As rsync says "cannot delete non-empty directory" and exits 0. Before, every run failed
   // (exit 1) on the folder's removal.
