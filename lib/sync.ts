@@ -945,7 +945,9 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   const repCount = outside + [...rep.keys()].filter((p) => !isTempPath(p)).length;
   if (outside + src.size === 0 && repCount > 0 && !options.allowEmptySource && !sourceErrors) {
     throw new RefusedError(
-      `Source '${options.source}' is empty but the replica holds ${repCount} entries; refusing to delete them all (is a drive unmounted?). Pass --allow-empty-source to mirror an empty folder`,
+      `Source '${options.source}' is empty${
+        exclude ? " after exclusions" : ""
+      } but the replica holds ${repCount} entries; refusing to delete them all (is a drive unmounted?). Pass --allow-empty-source to mirror an empty folder`,
     );
   }
 

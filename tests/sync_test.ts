@@ -320,6 +320,10 @@ Deno.test("--delete-excluded deletes excluded entries from the replica, as rsync
   // The manifest describes exactly what is left; the source is untouched.
   assertEquals((await mimeo(["verify", dst])).code, 0);
   assertEquals(Object.keys(snapshot(src)).length, 9);
+  // Patterns that leave nothing of the source are refused like an empty source.
+  const all = await mimeo(["sync", src, dst, "--exclude", "*", "--delete-excluded"]);
+  assertEquals(all.code, 3, all.stderr);
+  assertMatch(all.stderr, /Source '.*src' is empty after exclusions but the replica holds 3/);
 });
 
 Deno.test("a folder gone from the source that holds excluded entries in the replica is kept with a warning, not an error", async () => {
