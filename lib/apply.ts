@@ -62,6 +62,23 @@ export interface OpFailure {
   message: string;
 }
 
+/**
+ * Record a failed operation: push it onto `failures` and log it as an `error` event (with
+ * `fields` added, e.g. a rename's `from`). `what` prefixes the error's message.
+ */
+export function recordFailure(
+  failures: OpFailure[],
+  op: OpFailure["op"],
+  path: string,
+  e: unknown,
+  what = "",
+  fields: Record<string, unknown> = {},
+): void {
+  const f: OpFailure = { op, path, code: errorCode(e), message: `${what}${errorMessage(e)}` };
+  failures.push(f);
+  logEvent("error", { event: "error", op, path, ...fields, code: f.code, error: f.message });
+}
+
 /** Progress callback: called after each operation with running totals. */
 export type ProgressFn = (done: { ops: number; bytes: number }) => void;
 
@@ -289,16 +306,7 @@ export async function applyPlan(p: Plan, o: ApplyOptions): Promise<ApplyReport> 
         return true;
       }
       const path = op.op === "rename" ? op.to : op.path;
-      const f: OpFailure = { op: op.op, path, code: errorCode(e), message: errorMessage(e) };
-      failures.push(f);
-      logEvent("error", {
-        event: "error",
-        op: op.op,
-        path,
-        ...(op.op === "rename" ? { from: op.from } : {}),
-        code: f.code,
-        error: f.message,
-      });
+      recordFailure(failures, op.op, path, e, "", op.op === "rename" ? { from: op.from } : {});
       o.progress?.({ ops: opsSeen(), bytes: bytesCopied });
     }
     // Signals, timers and the copy helper's results get a turn now and then.

@@ -3,8 +3,15 @@
  *
  * @module
  */
-import { applyPlan, type ApplyReport, eventOf, type OpFailure, type ProgressFn } from "./apply.ts";
-import { errorCode, errorMessage, ExitCode, RefusedError, UsageError } from "./errors.ts";
+import {
+  applyPlan,
+  type ApplyReport,
+  eventOf,
+  type OpFailure,
+  type ProgressFn,
+  recordFailure,
+} from "./apply.ts";
+import { errorMessage, ExitCode, RefusedError, UsageError } from "./errors.ts";
 import { dirname } from "node:path";
 import { buildFilter } from "./filter.ts";
 import { lockReplica } from "./lock.ts";
@@ -1123,20 +1130,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     } catch (e) {
       // The previous manifest is still in place (atomic write) and still safe to use: the
       // next run checks every entry against the replica's stat before trusting it.
-      const f: OpFailure = {
-        op: "manifest",
-        path: manifestPath,
-        code: errorCode(e),
-        message: `cannot write the manifest: ${errorMessage(e)}`,
-      };
-      report.failures.push(f);
-      logEvent("error", {
-        event: "error",
-        op: "manifest",
-        path: manifestPath,
-        code: f.code,
-        error: f.message,
-      });
+      recordFailure(report.failures, "manifest", manifestPath, e, "cannot write the manifest: ");
     }
   }
   report.digest ??= treeDigest((roots ? whole() : recorded).entries);
@@ -1171,9 +1165,7 @@ function mirrorRootMode(report: SyncReport, dryRun: boolean): void {
     report.done.meta++;
     logEvent("info", eventOf(op));
   } catch (e) {
-    const f: OpFailure = { op: "meta", path: ".", code: errorCode(e), message: errorMessage(e) };
-    report.failures.push(f);
-    logEvent("error", { event: "error", op: "meta", path: ".", code: f.code, error: f.message });
+    recordFailure(report.failures, "meta", ".", e);
   }
 }
 
