@@ -34,3 +34,18 @@ Deno.test("floor: the CLI walks the source here and the replica on a worker", as
   assertEquals(out.code, 0, text);
   assertMatch(text, /^8 \+ 3 entries stat'ed$/m);
 });
+
+Deno.test("calls: bench/calls.ts times each call over every file of the tree", async () => {
+  await using dir = await tempDir();
+  writeTree(dir.path, TREE);
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-read", `${ROOT}/bench/calls.ts`, dir.path, "2"],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+  assertEquals(out.code, 0, text);
+  // a.txt, d/b.txt, d/e/c.txt: symlinks and folders are not files
+  assertMatch(text, /^3 files; permissions: without -A$/m);
+  assertMatch(text, /^pass 2: lstatSync \d+\.\d\d µs, openSync\+close \d+\.\d\d µs$/m);
+});
