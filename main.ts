@@ -104,6 +104,7 @@ async function runSync(cmd: Extract<Command, { command: "sync" | "plan" }>): Pro
     maxDeletePercent: cmd.maxDeletePercent,
     allowEmptySource: cmd.allowEmptySource,
     renames: cmd.renames,
+    dirTimes: cmd.dirTimes,
     signal: ac.signal,
     logFile: isSync?.log,
     progress: progress?.update,

@@ -472,8 +472,8 @@ function walkMap(root: string): Map<string, WalkEntry> {
 
 /**
  * Compares every replica in `dsts` with `src`: same relative paths, same types, same symlink
- * targets (not followed), byte-identical regular files. File mtimes (to the ms) and permission
- * bits are compared too but only counted as warnings.
+ * targets (not followed), byte-identical regular files. File and folder mtimes (to the ms)
+ * and file permission bits are compared too but only counted as warnings.
  */
 export function verifyAll(src: string, dsts: string[]): VerifyResult[] {
   const s = walkMap(src);
@@ -504,6 +504,13 @@ export function verifyAll(src: string, dsts: string[]): VerifyResult[] {
       }
       if (se.type === "symlink" && de.target !== se.target) {
         diff(r, `symlink ${path} -> ${de.target}, want -> ${se.target}`);
+      }
+      if (se.type === "dir" && de.mtimeMs !== se.mtimeMs && r.mtimeDiffs++ === 0) {
+        r.examples.push(
+          `mtime ${path}/: ${new Date(de.mtimeMs).toISOString()}, source ${
+            new Date(se.mtimeMs).toISOString()
+          }`,
+        );
       }
       if (se.type !== "file") continue;
       if (de.size !== se.size) {

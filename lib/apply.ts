@@ -186,6 +186,8 @@ export function eventOf(op: Op): LogEvent {
       return { event: "delete", path: op.path, kind: op.kind };
     case "rmdir":
       return { event: "rmdir", path: op.path };
+    case "dirtime":
+      return { event: "dirtime", path: op.path, mtime: new Date(op.mtime).toISOString() };
   }
 }
 
@@ -211,8 +213,14 @@ export async function applyPlan(p: Plan, o: ApplyOptions): Promise<ApplyReport> 
 
   /** Folders not removed because they hold excluded entries (see `holdsOnlyExcluded`). */
   const kept = new Set<string>();
+  /**
+   * Folders where an operation failed: their time is left for the next run, which does
+   * that operation again (one error per failure, not a second one for its folder).
+   */
+  const failedIn = new Set<string>();
+  let timesLeft = 0;
   /** Operations finished either way, for the progress line. */
-  const opsSeen = () => done + failures.length + kept.size;
+  const opsSeen = () => done + failures.length + kept.size + timesLeft;
 
   const succeeded = (op: Op, ev: LogEvent, node?: FileNode) => {
     applyOp(state, op, node);
@@ -290,6 +298,19 @@ export async function applyPlan(p: Plan, o: ApplyOptions): Promise<ApplyReport> 
         case "rmdir":
           target.rmdir(op.path);
           break;
+        case "dirtime":
+          if (failedIn.has(op.path)) {
+            timesLeft++;
+            logEvent("debug", {
+              event: "dirtime-left",
+              path: op.path,
+              message:
+                `folder time of '${op.path}/' left for the next run (an operation in it failed)`,
+            });
+            return true;
+          }
+          target.setDirTime(op.path, op.mtime);
+          break;
       }
       succeeded(op, ev, node);
     } catch (e) {
@@ -307,6 +328,8 @@ export async function applyPlan(p: Plan, o: ApplyOptions): Promise<ApplyReport> 
       }
       const path = op.op === "rename" ? op.to : op.path;
       recordFailure(failures, op.op, path, e, "", op.op === "rename" ? { from: op.from } : {});
+      failedIn.add(parentOf(path));
+      if (op.op === "rename") failedIn.add(parentOf(op.from));
       o.progress?.({ ops: opsSeen(), bytes: bytesCopied });
     }
     // Signals, timers and the copy helper's results get a turn now and then.

@@ -23,6 +23,7 @@ export interface MirrorArgs {
   maxDeletePercent?: number;
   allowEmptySource: boolean;
   renames: boolean;
+  dirTimes: boolean;
   json: boolean;
   verbosity: "quiet" | "normal" | "verbose";
 }
@@ -89,6 +90,8 @@ const MIRROR_OPTIONS =
                          delete more than half of it (--max-delete 100% allows that)
   --allow-empty-source   let an empty source empty a non-empty replica
   --no-renames           copy moved files instead of renaming them in the replica
+  --omit-dir-times       leave folder mtimes to the replica's file system (as rsync -O),
+                         e.g. for replica folders owned by another user
   --json                 machine-readable output on stdout
   -q, --quiet            only warnings and errors on stderr
   -v, --verbose          also debug details on stderr
@@ -193,6 +196,7 @@ const mirrorOptions = {
   "max-delete": { type: "string" },
   "allow-empty-source": { type: "boolean" },
   "no-renames": { type: "boolean" },
+  "omit-dir-times": { type: "boolean" },
   json: { type: "boolean" },
   quiet: { type: "boolean", short: "q" },
   verbose: { type: "boolean", short: "v" },
@@ -254,6 +258,7 @@ function mirrorArgs(
     checksum: !!v.checksum,
     allowEmptySource: !!v["allow-empty-source"],
     renames: !v["no-renames"],
+    dirTimes: !v["omit-dir-times"],
     json: !!v.json,
     verbosity: v.quiet ? "quiet" : v.verbose ? "verbose" : "normal",
   };

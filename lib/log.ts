@@ -134,7 +134,8 @@ function lineOf(level: LogLevel, p: Record<string, unknown>): string {
     case "mkdir":
     case "delete":
     case "rmdir":
-      return `${ev.padEnd(7)} ${path}${ev === "mkdir" || ev === "rmdir" ? "/" : ""}`;
+    case "dirtime":
+      return `${ev.padEnd(7)} ${path}${ev === "delete" ? "" : "/"}`;
     case "error":
       return `error: ${p.op ? `${p.op} ` : ""}${path ? `'${path}': ` : ""}${p.error}`;
     case "summary":

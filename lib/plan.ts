@@ -11,7 +11,9 @@
  * 4. new folders, parents first;
  * 5. file content (`copy`, `update`), metadata-only changes (`meta`), symlinks;
  * 6. deletions, deepest first;
- * 7. folder permission changes, deepest first.
+ * 7. folder permission changes and folder times, deepest first: a folder's mtime is set
+ *    to the source's when it differs or when an operation above added, removed or renamed
+ *    an entry in it (which sets it to the time of the run).
  *
  * @module
  */
@@ -75,8 +77,23 @@ export interface RmdirOp {
   path: string;
 }
 
+/** Set a folder's mtime to the source's (as `rsync -a` does), after everything inside it. */
+export interface DirtimeOp {
+  op: "dirtime";
+  path: string;
+  mtime: number;
+}
+
 /** One planned operation. */
-export type Op = MkdirOp | RenameOp | CopyOp | MetaOp | SymlinkOp | DeleteOp | RmdirOp;
+export type Op =
+  | MkdirOp
+  | RenameOp
+  | CopyOp
+  | MetaOp
+  | SymlinkOp
+  | DeleteOp
+  | RmdirOp
+  | DirtimeOp;
 
 /** Options for {@linkcode plan}. */
 export interface PlanOptions {
@@ -91,6 +108,16 @@ export interface PlanOptions {
    * @default true
    */
   renames?: boolean;
+  /**
+   * Give folders the source's mtime (`dirtime` operations), where the source's is known.
+   * @default true
+   */
+  dirTimes?: boolean;
+  /**
+   * Folders the trees leave out (outside a partial run's roots) whose replica mtime differs
+   * from the source's: path → the source's mtime. Each gets a `dirtime` operation.
+   */
+  dirTimesOutside?: ReadonlyMap<string, number>;
 }
 
 /** The result of {@linkcode plan}. */
@@ -149,7 +176,12 @@ export function applyOp(tree: Tree, op: Op, file?: FileNode): void {
           op.path,
           file ?? { ...n, mode: op.mode ?? n.mode, mtime: op.mtime ?? n.mtime },
         );
-      } else if (n?.type === "dir") tree.set(op.path, { type: "dir", mode: op.mode ?? n.mode });
+      } else if (n?.type === "dir") tree.set(op.path, { ...n, mode: op.mode ?? n.mode });
+      return;
+    }
+    case "dirtime": {
+      const n = tree.get(op.path);
+      if (n?.type === "dir") tree.set(op.path, { ...n, mtime: op.mtime });
       return;
     }
     case "symlink":
@@ -212,6 +244,7 @@ export function commonSuffixParents(p: string, q: string): [string, string] | un
  */
 export function plan(src: Tree, rep: Tree, options: PlanOptions = {}): Plan {
   const allowDelete = options.allowDelete ?? true;
+  const dirTimes = options.dirTimes ?? true;
   const V: Tree = new Map(rep);
   const ops: Op[] = [];
   const emit = (op: Op) => {
@@ -391,17 +424,48 @@ export function plan(src: Tree, rep: Tree, options: PlanOptions = {}): Plan {
     emit(n.type === "dir" ? { op: "rmdir", path: q } : { op: "delete", path: q, kind: n.type });
   }
 
-  // 7. Folder modes, deepest first, after everything inside them is written.
+  // 7. Folder modes and times, deepest first, after everything inside them is written.
+  // Setting a folder's mode or times changes neither its parent nor what is inside it.
+  const touched = foldersTouched(ops);
   for (let i = srcPaths.length - 1; i >= 0; i--) {
     const p = srcPaths[i];
     const s = src.get(p)!;
     const v = V.get(p);
-    if (s.type === "dir" && v?.type === "dir" && v.mode !== s.mode) {
-      emit({ op: "meta", path: p, kind: "dir", mode: s.mode });
+    if (s.type !== "dir" || v?.type !== "dir") continue;
+    if (v.mode !== s.mode) emit({ op: "meta", path: p, kind: "dir", mode: s.mode });
+    if (dirTimes && s.mtime !== undefined && (v.mtime !== s.mtime || touched.has(p))) {
+      emit({ op: "dirtime", path: p, mtime: s.mtime });
     }
+  }
+  const outside = (dirTimes && options.dirTimesOutside) || new Map<string, number>();
+  for (const p of [...outside.keys()].filter((p) => !src.has(p)).sort().reverse()) {
+    emit({ op: "dirtime", path: p, mtime: outside.get(p)! });
   }
 
   return { ops, deletesSkipped, bytesToCopy };
+}
+
+/**
+ * The folders whose listing `ops` change (an entry added, removed or renamed in them), and
+ * folders moved by a rename: each gets the time of the run as its mtime ("" is the root).
+ */
+export function foldersTouched(ops: readonly Op[]): Set<string> {
+  const touched = new Set<string>();
+  for (const op of ops) {
+    switch (op.op) {
+      case "rename":
+        touched.add(parentOf(op.from));
+        touched.add(parentOf(op.to));
+        if (op.kind === "dir") touched.add(op.to);
+        break;
+      case "meta":
+      case "dirtime":
+        break;
+      default:
+        touched.add(parentOf(op.path));
+    }
+  }
+  return touched;
 }
 
 /** Count operations by kind, for summaries. */
@@ -415,6 +479,7 @@ export function countOps(ops: readonly Op[]): Record<Op["op"], number> {
     symlink: 0,
     delete: 0,
     rmdir: 0,
+    dirtime: 0,
   };
   for (const o of ops) c[o.op]++;
   return c;

@@ -57,6 +57,12 @@ export interface QuickResult {
    * did not change (see `encodeSpliced` in sync.ts).
    */
   dirFps: number[];
+  /**
+   * The mtime of every folder the check stat'ed and found still a folder with its recorded
+   * mode, as pairs `entry number, mtime (ms)`: the run compares the two sides' folder times
+   * (the manifest does not record them).
+   */
+  dirTimes: number[];
 }
 
 /**
@@ -82,6 +88,7 @@ export function quickCheck(
   const trustDirs = exclude === undefined;
   const changed: string[] = [];
   const dirFps: number[] = [];
+  const dirTimes: number[] = [];
   // 1 for the folders whose recorded entries are checked one by one. A changed or gone
   // folder stays 0: the pipeline re-scans it whole, and nothing below it is checked.
   const live = new Uint8Array(paths.length);
@@ -154,6 +161,7 @@ export function quickCheck(
           continue;
         }
         live[i] = 1;
+        dirTimes.push(i, Math.trunc(st.mtime?.getTime() ?? 0));
         const ino = st.ino ?? 0, ctime = st.ctime?.getTime() ?? 0;
         const known = ino > 0 && ctime > 0;
         if (trustDirs && known && nums[o + fpAt] === ino && nums[o + fpAt + 1] === ctime) {
@@ -182,5 +190,5 @@ export function quickCheck(
   for (const [dir, names] of listed) {
     for (const name of names) changed.push(dir === "" ? name : `${dir}/${name}`);
   }
-  return { changed, dirFps };
+  return { changed, dirFps, dirTimes };
 }

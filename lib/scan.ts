@@ -124,7 +124,13 @@ export function nodeFromStat(st: Deno.FileInfo, abs: string): Node | "special" {
       hashedAt: undefined,
     };
   }
-  if (st.isDirectory) return { type: "dir", mode: (st.mode ?? 0o755) & 0o7777 };
+  if (st.isDirectory) {
+    return {
+      type: "dir",
+      mode: (st.mode ?? 0o755) & 0o7777,
+      mtime: Math.trunc(st.mtime?.getTime() ?? 0),
+    };
+  }
   if (st.isSymlink) return { type: "symlink", target: Deno.readLinkSync(abs) };
   return "special";
 }

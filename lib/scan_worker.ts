@@ -44,6 +44,7 @@ export function encodeTree(tree: Tree): EncodedTree {
       nums[o + 5] = n.fp?.[1] ?? 0;
     } else if (n.type === "dir") {
       nums[o] = 1;
+      nums[o + 2] = n.mtime ?? NaN;
       nums[o + 3] = n.mode;
     } else {
       nums[o] = 2;
@@ -74,8 +75,12 @@ export function decodeTree(e: EncodedTree): Tree {
         fp: [e.nums[o + 4], e.nums[o + 5]],
         hashedAt: undefined,
       };
-    } else if (kind === 1) node = { type: "dir", mode: e.nums[o + 3] };
-    else node = { type: "symlink", target: e.targets[t++] };
+    } else if (kind === 1) {
+      const mtime = e.nums[o + 2];
+      node = Number.isNaN(mtime)
+        ? { type: "dir", mode: e.nums[o + 3] }
+        : { type: "dir", mode: e.nums[o + 3], mtime };
+    } else node = { type: "symlink", target: e.targets[t++] };
     tree.set(paths[i], node);
   }
   return tree;

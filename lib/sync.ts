@@ -27,7 +27,16 @@ import {
   treeDigest,
   writeReplicaManifest,
 } from "./manifest.ts";
-import { countOps, isTempPath, type MetaOp, type Op, type Plan, plan } from "./plan.ts";
+import {
+  countOps,
+  type DirtimeOp,
+  foldersTouched,
+  isTempPath,
+  type MetaOp,
+  type Op,
+  type Plan,
+  plan,
+} from "./plan.ts";
 import { checkManifestWritable, granted, type SyncPaths, validatePaths } from "./paths.ts";
 import {
   INDEX_FIELDS,
@@ -93,6 +102,12 @@ export interface SyncOptions {
    * @default false
    */
   deleteExcluded?: boolean;
+  /**
+   * Give replica folders the source folders' mtimes, as `rsync -a` does; off, as rsync's
+   * `--omit-dir-times`, they keep whatever the replica's file system gives them.
+   * @default true
+   */
+  dirTimes?: boolean;
   /**
    * Hash every source file (and same-size replica files) instead of trusting the stat cache.
    * @default false
@@ -272,6 +287,35 @@ export function manifestPart(m: Manifest, roots: Set<string>): Manifest {
   const under = inOnlyMemo(roots);
   for (const p of m.entries.keys()) if (under(p)) add(p);
   return { entries, cache, digest: m.digest };
+}
+
+/** A quick check's folder times (`QuickResult.dirTimes`) by path. */
+function timesByPath(ix: ManifestIndex, pairs: readonly number[]): Map<string, number> {
+  const m = new Map<string, number>();
+  for (let k = 0; k < pairs.length; k += 2) m.set(ix.paths[pairs[k]], pairs[k + 1]);
+  return m;
+}
+
+/**
+ * Give the folders of a partial run's tree that came from the manifest (which does not
+ * record folder times) their mtime: from `known` (a quick check's), else by stat'ing them.
+ * Those are the folders above the run's roots, where its operations add or remove entries.
+ */
+function fillFolderTimes(tree: Tree, root: string, known?: Map<string, number>): void {
+  for (const [p, n] of tree) {
+    if (n.type !== "dir" || n.mtime !== undefined) continue;
+    let mtime = known?.get(p);
+    if (mtime === undefined) {
+      try {
+        const st = Deno.lstatSync(`${root}/${p}`);
+        if (!st.isDirectory) continue;
+        mtime = Math.trunc(st.mtime?.getTime() ?? 0);
+      } catch {
+        continue; // gone: the plan does not keep it, or the apply reports it
+      }
+    }
+    tree.set(p, { type: "dir", mode: n.mode, mtime });
+  }
 }
 
 /** Entry numbers of the folders above `roots` that the index holds, each once. */
@@ -597,9 +641,16 @@ function sameFp(a?: readonly number[], b?: readonly number[]): boolean {
 /**
  * Whether a run has nothing to do, decided right after the stat cache: every source and
  * replica entry equals its manifest entry, and every file's hash came from the cache (its
- * fingerprint matched on both sides). Then the plan is empty and the manifest unchanged.
+ * fingerprint matched on both sides), and each folder has the same mtime on both sides
+ * (the manifest does not record folder times). Then the plan is empty and the manifest
+ * unchanged.
  */
-export function isUnchanged(src: Tree, rep: Tree, old: Manifest | undefined): boolean {
+export function isUnchanged(
+  src: Tree,
+  rep: Tree,
+  old: Manifest | undefined,
+  dirTimes = true,
+): boolean {
   if (!old || src.size !== old.entries.size || rep.size !== old.entries.size) return false;
   for (const [p, e] of old.entries) {
     const s = src.get(p);
@@ -612,7 +663,8 @@ export function isUnchanged(src: Tree, rep: Tree, old: Manifest | undefined): bo
         a.mtime !== e.mtime || b.mtime !== e.mtime || a.mode !== e.mode || b.mode !== e.mode
       ) return false;
     } else if (e.type === "dir") {
-      if ((s as DirNode).mode !== e.mode || (r as DirNode).mode !== e.mode) return false;
+      const a = s as DirNode, b = r as DirNode;
+      if (a.mode !== e.mode || b.mode !== e.mode || (dirTimes && a.mtime !== b.mtime)) return false;
     } else if ((s as LinkNode).target !== e.target || (r as LinkNode).target !== e.target) {
       return false;
     }
@@ -673,6 +725,7 @@ function summaryText(r: SyncReport): string {
   add(d.mkdir, "folder created", "folders created");
   add(d.delete, "deleted");
   add(d.rmdir, "folder removed", "folders removed");
+  add(d.dirtime, "folder time set", "folder times set");
   const secs = (r.durationMs / 1000).toFixed(2);
   const unreadable = r.scanIssues.filter((i) => i.level === "error").length;
   const head = r.stopped
@@ -720,6 +773,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   const exclude = await buildFilter(filterOptions);
   // The replica's side of the filter: the same, or none when excluded entries must go.
   const repExclude = options.deleteExcluded ? undefined : exclude;
+  const dirTimes = options.dirTimes ?? true;
   const repFilter = repExclude && filterOptions;
   let replicaExists = true;
   try {
@@ -785,6 +839,10 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   let quick: "none" | "changes" | "nothing" = "none";
   // Folder fingerprints each side's quick check proposes (see `recordDirFingerprints`).
   let dirFps: DirFps | undefined;
+  // Folder times each side's quick check found (path → mtime), and the folders whose two
+  // times differ (path → the source's).
+  let quickTimes: { src: Map<string, number>; rep: Map<string, number> } | undefined;
+  let timesDiffer: Map<string, number> | undefined;
   let repQuickInWorker = false;
   const indexPath = indexPathFor(manifestPath);
   if (
@@ -827,7 +885,18 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
       if (srcFound && repFound && repFound !== "failed") {
         only = [...srcFound.changed, ...repFound.changed];
         sideOnly = { src: srcFound.changed, rep: repFound.changed };
-        quick = only.length ? "changes" : "nothing";
+        if (dirTimes) {
+          quickTimes = {
+            src: timesByPath(ix, srcFound.dirTimes),
+            rep: timesByPath(ix, repFound.dirTimes),
+          };
+          timesDiffer = new Map();
+          for (const [p, t] of quickTimes.src) {
+            const r = quickTimes.rep.get(p);
+            if (r !== undefined && r !== t) timesDiffer.set(p, t);
+          }
+        }
+        quick = only.length || timesDiffer?.size ? "changes" : "nothing";
         dirFps = { src: srcFound.dirFps, dst: repFound.dirFps };
       }
     }
@@ -841,7 +910,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
       recordDirFingerprints(report, manifestPath, manifestStat!, ix!, dirFps);
       mark("record");
     }
-    mirrorRootMode(report, dryRun);
+    mirrorRoot(report, dryRun, dirTimes);
     return finish(report, t0, marks);
   }
   // A large recorded manifest means a large replica: walk it on the second core while this
@@ -900,6 +969,8 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   mark("scan");
   const src = srcRoots ? mergePartial(old!, srcScan.tree, srcRoots, "src") : srcScan.tree;
   const rep = repRoots ? mergePartial(old!, repScan.tree, repRoots, "dst") : repScan.tree;
+  if (srcRoots && dirTimes) fillFolderTimes(src, source, quickTimes?.src);
+  if (repRoots && dirTimes) fillFolderTimes(rep, replica, quickTimes?.rep);
   // Source problems decide whether anything may be deleted; replica ones are only reported.
   // Kept apart by structure, never by looking at a path.
   const issues = [...srcScan.issues];
@@ -913,8 +984,8 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     reuseReplicaHashes(repScan.tree, old);
   }
   mark("cache");
-  const unchanged = !options.checksum && replicaIssues.length === 0 &&
-    !issues.some((i) => i.level === "error") && isUnchanged(src, rep, old);
+  const unchanged = !options.checksum && replicaIssues.length === 0 && !timesDiffer?.size &&
+    !issues.some((i) => i.level === "error") && isUnchanged(src, rep, old, dirTimes);
   progress?.({ phase: "hash", opsDone: 0, opsTotal: 0, bytesDone: 0, bytesTotal: 0 });
   const hashed = unchanged ? { source: 0, replica: 0 } : await resolveHashes(
     source,
@@ -958,9 +1029,12 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     );
   }
 
-  const p: Plan = unchanged
-    ? { ops: [], deletesSkipped: [], bytesToCopy: 0 }
-    : plan(src, rep, { allowDelete: !sourceErrors, renames: options.renames ?? true });
+  const p: Plan = unchanged ? { ops: [], deletesSkipped: [], bytesToCopy: 0 } : plan(src, rep, {
+    allowDelete: !sourceErrors,
+    renames: options.renames ?? true,
+    dirTimes,
+    dirTimesOutside: timesDiffer,
+  });
   // Special files in the replica (FIFOs, sockets, devices) are in no tree, only scan
   // warnings, and the source never has them: extra entries, deleted first like any other
   // (as rsync --delete does), unless a source read error holds deletions back.
@@ -1021,7 +1095,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   // The replica's unreadable entries stay as they are: it is not known to be a mirror.
   if (sourceErrors || replicaIssues.length) report.exitCode = ExitCode.PartialFailure;
   if (dryRun) {
-    mirrorRootMode(report, true);
+    mirrorRoot(report, true, dirTimes);
     return finish(report, t0, marks);
   }
 
@@ -1064,12 +1138,13 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   report.stopped = applied.stopped;
   report.done = applied.counts;
   report.copiedByHelper = applied.copiedByHelper;
-  if (!applied.stopped) mirrorRootMode(report, false);
+  if (!applied.stopped) mirrorRoot(report, false, dirTimes);
 
   // Record: the manifest describes the replica as it now is.
   const recorded = unchanged ? old! : recordManifest(state, src, replica);
-  const changed = !unchanged &&
-    (!old || applied.done > 0 || applied.failures.length > 0 || !manifestsEqual(old, recorded));
+  // (Folder times are not recorded: setting them alone leaves the manifest as it was.)
+  const changed = !unchanged && (!old || applied.done > applied.counts.dirtime ||
+    applied.failures.length > 0 || !manifestsEqual(old, recorded));
   // Unchanged: the recorded digest still holds, no need to hash 20k entries again.
   report.digest = changed ? undefined : old?.digest;
   // The index is written with the manifest it compiles (it records where each line is),
@@ -1139,33 +1214,46 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
 }
 
 /**
- * The replica folder's own permission bits follow the source folder's, as with rsync's
- * `src/ dst/` (a private 0700 source must not become a 0755 replica that anyone can
- * list). The root is not an entry of the trees or the manifest, so this is one operation
- * outside the plan, `meta .`, applied after it (or only listed, in a dry run).
+ * The replica folder's own permission bits and mtime follow the source folder's, as with
+ * rsync's `src/ dst/` (a private 0700 source must not become a 0755 replica that anyone
+ * can list). The root is not an entry of the trees or the manifest, so these are
+ * operations outside the plan, `meta .` and `dirtime .`, applied after it (or only listed,
+ * in a dry run).
  */
-function mirrorRootMode(report: SyncReport, dryRun: boolean): void {
+function mirrorRoot(report: SyncReport, dryRun: boolean, dirTimes: boolean): void {
   const { source, replica } = report;
-  const modeOf = (p: string) => {
+  const statOf = (p: string) => {
     try {
-      return (Deno.statSync(p).mode ?? 0) & 0o7777;
+      const st = Deno.statSync(p);
+      return { mode: (st.mode ?? 0) & 0o7777, mtime: Math.trunc(st.mtime?.getTime() ?? 0) };
     } catch {
       return undefined;
     }
   };
-  const want = modeOf(source), have = modeOf(replica);
-  if (want === undefined || have === undefined || want === have) return;
-  const op: MetaOp = { op: "meta", path: ".", kind: "dir", mode: want };
-  report.ops = [...report.ops, op];
+  const want = statOf(source), have = statOf(replica);
+  if (want === undefined || (have === undefined && !dryRun)) return;
+  const ops: (MetaOp | DirtimeOp)[] = [];
+  if (have && want.mode !== have.mode) {
+    ops.push({ op: "meta", path: ".", kind: "dir", mode: want.mode });
+  }
+  // A dry run lists the time too when its plan would change the root's listing.
+  if (
+    dirTimes && (want.mtime !== have?.mtime || (dryRun && foldersTouched(report.ops).has("")))
+  ) ops.push({ op: "dirtime", path: ".", mtime: want.mtime });
+  if (!ops.length) return;
+  report.ops = [...report.ops, ...ops];
   if (dryRun) return;
-  try {
-    const target = new FsTarget(replica);
-    target.setMeta(".", "dir", want);
-    target.finish();
-    report.done.meta++;
-    logEvent("info", eventOf(op));
-  } catch (e) {
-    recordFailure(report.failures, "meta", ".", e);
+  for (const op of ops) {
+    try {
+      const target = new FsTarget(replica);
+      if (op.op === "meta") target.setMeta(".", "dir", op.mode);
+      else target.setDirTime("", op.mtime);
+      target.finish();
+      report.done[op.op]++;
+      logEvent("info", eventOf(op));
+    } catch (e) {
+      recordFailure(report.failures, op.op, ".", e);
+    }
   }
 }
 

@@ -56,6 +56,8 @@ export interface Target {
   ): Promise<PendingWrite>;
   symlink(path: string, target: string): void;
   setMeta(path: string, kind: "file" | "dir", mode?: number, mtime?: number): Fingerprint;
+  /** Set the folder `path`'s mtime (`""` is the replica folder itself). */
+  setDirTime(path: string, mtime: number): void;
   remove(path: string): void;
   rmdir(path: string): void;
   /** Finish the run: apply deferred folder modes. */
@@ -296,6 +298,13 @@ export class FsTarget implements Target {
       if (mtime !== undefined) Deno.utimeSync(abs, new Date(), new Date(mtime));
     }
     return fingerprintOf(Deno.lstatSync(abs));
+  }
+
+  setDirTime(path: string, mtime: number): void {
+    // A folder all the way up, no symlink (utime follows links); usually known already, as
+    // the run wrote into it.
+    this.#checkDir(path);
+    Deno.utimeSync(path === "" ? this.root : this.#abs(path), new Date(), new Date(mtime));
   }
 
   remove(path: string): void {

@@ -33,6 +33,11 @@ export interface FileNode {
 export interface DirNode {
   type: "dir";
   mode: number;
+  /**
+   * Modification time (ms since the epoch, integer) where the folder was stat'ed; absent
+   * when not known (a node read from a manifest, which does not record folder times).
+   */
+  mtime?: number;
 }
 
 /** A symbolic link, recorded by its target text, never followed. */

@@ -19,6 +19,7 @@ import {
   assertRecovers,
   jsonLines,
   mimeo,
+  snapshot,
   tempDir,
   writeTree,
 } from "./helpers.ts";
@@ -151,7 +152,8 @@ Deno.test("files the helper hands back are copied by the main thread", async () 
   assertEquals(r.counts.copy, n);
   assertEquals(r.copiedByHelper, 0);
   assert(r.handedBack > 0, "the helper took no file");
-  assertMirror(src, dst);
+  // (The replica folder's own mode and time are sync()'s, outside the plan.)
+  assertEquals(snapshot(dst), snapshot(src));
   assertEquals(temps(dst), []);
   // The replica state records the real mtimes, not the stale ones.
   const one = "d1/sub 1/file-1.txt";
@@ -237,7 +239,7 @@ Deno.test("a write whose source changed under it (as a large file's two reads ca
   });
   assertEquals(r.failures, []);
   assertEquals(writes.sort(), ["a.txt", "a.txt", "big.bin", "big.bin"]);
-  assertMirror(src, dst);
+  assertEquals(snapshot(dst), snapshot(src)); // (the root's time is sync()'s)
   assertEquals(temps(dst), []);
 });
 

@@ -233,9 +233,9 @@ async function recover(
   const r = await mimeo(["sync", s.src, s.dst, "--quiet"]);
   const ms = Math.round(performance.now() - t0);
   assert(r.code === 0, `${ctx}\nrecovery sync failed: ${cliText(r)}`);
-  const srcNow = snapshot(s.src);
+  const srcNow = snapshot(s.src, { root: true });
   assertSame(srcNow, srcBefore, `${ctx}\nthe SOURCE was modified`);
-  const rep = snapshot(s.dst);
+  const rep = snapshot(s.dst, { root: true });
   assertSame(rep, srcNow, `${ctx}\nreplica differs from source after the recovery sync`);
   assertEquals(Object.keys(rep).filter(isTemp), [], `${ctx}\ntemporary files left`);
   const v = await mimeo(["verify", s.dst]);
@@ -248,7 +248,7 @@ Deno.test(`crash: SIGKILL during first and later syncs (MIMEO_SEED=${SEED}, MIME
   const s = sandbox(tmp.path);
   const rng = new Rng(SEED);
   buildSource(rng, s.src);
-  let srcSnap = snapshot(s.src);
+  let srcSnap = snapshot(s.src, { root: true });
   const report: string[] = [];
   const ctx = (what: string) => `[crash MIMEO_SEED=${SEED}] ${what}\n${report.join("\n")}`;
 
@@ -283,7 +283,7 @@ Deno.test(`crash: SIGKILL during first and later syncs (MIMEO_SEED=${SEED}, MIME
   let later = full * 0.6;
   for (let k = 0; k < KILLS; k++) {
     const changes = bigChanges(rng, s.src, k);
-    srcSnap = snapshot(s.src);
+    srcSnap = snapshot(s.src, { root: true });
     report.push(`round ${k} changes: ${changes.join("; ")}`);
     const delay = 50 + (later * 1.1 - 50) * (k + rng.next()) / KILLS;
     const k2 = await killedSync(s, delay);
@@ -302,7 +302,7 @@ Deno.test("crash: SIGTERM and SIGINT stop cleanly (exit 143 / 130)", async () =>
   await using tmp = await tempDir("mimeo-crash-");
   const s = sandbox(tmp.path);
   buildSource(new Rng(SEED + 1), s.src, { tops: TOP.length, bigs: 1 });
-  const srcSnap = snapshot(s.src);
+  const srcSnap = snapshot(s.src, { root: true });
   for (const [sig, code] of [["SIGTERM", 143], ["SIGINT", 130]] as const) {
     for (const p of [s.dst, s.manifest]) {
       if (exists(p)) Deno.removeSync(p, { recursive: true });

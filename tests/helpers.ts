@@ -97,13 +97,25 @@ export async function finish(child: Deno.ChildProcess): Promise<CliResult> {
 /** One entry of a snapshot. */
 export type SnapEntry =
   | { type: "file"; sha256: string; size: number; mode: string; mtime: number }
-  | { type: "dir"; mode: string }
+  | { type: "dir"; mode: string; mtime: number }
   | { type: "symlink"; target: string }
   | { type: "other" };
 
-/** Every entry under `root`, by relative path: content hash, mode, mtime, link target. */
-export function snapshot(root: string, opts: { mtimes?: boolean } = {}): Record<string, SnapEntry> {
+/**
+ * Every entry under `root`, by relative path: content hash, mode, mtime (files and folders,
+ * to the millisecond), link target. With `root`, the folder itself too, as `.`.
+ */
+export function snapshot(
+  root: string,
+  opts: { mtimes?: boolean; root?: boolean } = {},
+): Record<string, SnapEntry> {
   const out: Record<string, SnapEntry> = {};
+  const dirEntry = (st: Deno.FileInfo): SnapEntry => ({
+    type: "dir",
+    mode: ((st.mode ?? 0) & 0o7777).toString(8).padStart(4, "0"),
+    mtime: opts.mtimes === false ? 0 : Math.trunc(st.mtime!.getTime()),
+  });
+  if (opts.root) out["."] = dirEntry(Deno.statSync(root));
   const walk = (rel: string) => {
     const abs = rel ? `${root}/${rel}` : root;
     for (const e of [...Deno.readDirSync(abs)].sort((a, b) => a.name < b.name ? -1 : 1)) {
@@ -112,7 +124,7 @@ export function snapshot(root: string, opts: { mtimes?: boolean } = {}): Record<
       const mode = ((st.mode ?? 0) & 0o7777).toString(8).padStart(4, "0");
       if (st.isSymlink) out[p] = { type: "symlink", target: Deno.readLinkSync(`${root}/${p}`) };
       else if (st.isDirectory) {
-        out[p] = { type: "dir", mode };
+        out[p] = dirEntry(st);
         walk(p);
       } else if (st.isFile) {
         const data = Deno.readFileSync(`${root}/${p}`);
@@ -130,9 +142,12 @@ export function snapshot(root: string, opts: { mtimes?: boolean } = {}): Record<
   return out;
 }
 
-/** Assert the replica holds exactly the source's entries (content, modes, mtimes, links). */
+/**
+ * Assert the replica holds exactly the source's entries (content, modes, mtimes, links), and
+ * that the replica folder itself has the source folder's mode and mtime.
+ */
 export function assertMirror(source: string, replica: string, msg?: string): void {
-  assertEquals(snapshot(replica), snapshot(source), msg);
+  assertEquals(snapshot(replica, { root: true }), snapshot(source, { root: true }), msg);
 }
 
 /** Write a tree: `path -> content` for files, `path/` -> null for folders, `{link}` for symlinks. */
@@ -253,7 +268,7 @@ export function show(e: SnapEntry | undefined): string {
   if (e.type === "file") {
     return `file ${e.size} B mode ${e.mode} mtime ${e.mtime} ${e.sha256.slice(0, 8)}`;
   }
-  if (e.type === "dir") return `dir mode ${e.mode}`;
+  if (e.type === "dir") return `dir mode ${e.mode} mtime ${e.mtime}`;
   if (e.type === "symlink") return `symlink -> ${q(e.target)}`;
   return "other";
 }

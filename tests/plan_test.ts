@@ -2,7 +2,14 @@
  * Unit tests of the pure planner on in-memory trees, of the pure trust rules, and of the
  * temporary names the planner must recognize.
  */
-import { applyOp, commonSuffixParents, isTempPath, type Op, plan } from "../lib/plan.ts";
+import {
+  applyOp,
+  commonSuffixParents,
+  foldersTouched,
+  isTempPath,
+  type Op,
+  plan,
+} from "../lib/plan.ts";
 import { FsTarget } from "../lib/target_fs.ts";
 import type { FileNode, Node, Tree } from "../lib/types.ts";
 import { assert, assertEquals, assertMatch } from "./helpers.ts";
@@ -16,6 +23,8 @@ const f = (hash: string, size = 10, mode = 0o644, mtime = 1000): Node => ({
   sha256: H(hash),
 });
 const d = (mode = 0o755): Node => ({ type: "dir", mode });
+/** A folder with its mtime, as the scanner gives it. */
+const dt = (mtime: number, mode = 0o755): Node => ({ type: "dir", mode, mtime });
 const l = (target: string): Node => ({ type: "symlink", target });
 const tree = (o: Record<string, Node>): Tree => new Map(Object.entries(o));
 
@@ -63,7 +72,26 @@ function check(src: Tree, rep: Tree) {
   const p = plan(src, rep);
   assertValidOrder(rep, p.ops);
   simulate(src, rep, p.ops);
+  assertFolderTimesLast(src, p.ops);
   return p;
+}
+
+/**
+ * Every source folder with a known time whose listing an operation changes gets a `dirtime`
+ * after that operation (and after everything else that is not one).
+ */
+function assertFolderTimesLast(src: Tree, ops: Op[]): void {
+  const first = ops.findIndex((o) => o.op === "dirtime");
+  if (first >= 0) {
+    assert(ops.slice(first).every((o) => o.op === "dirtime" || o.op === "meta"), "times last");
+  }
+  const timed = new Set(ops.filter((o) => o.op === "dirtime").map((o) => o.path));
+  for (const dir of foldersTouched(ops)) {
+    const s = src.get(dir);
+    if (s?.type === "dir" && s.mtime !== undefined) {
+      assert(timed.has(dir), `'${dir}' is changed by ${JSON.stringify(ops)} but gets no time`);
+    }
+  }
 }
 
 Deno.test("plan() of identical trees is empty", () => {
@@ -201,6 +229,55 @@ Deno.test("plan() sets folder modes deepest first, after content", () => {
   ]);
 });
 
+Deno.test("plan() sets folder times last, deepest first: new folders, changed listings, differing times; not an equal untouched one", () => {
+  const rep = tree({
+    a: dt(1),
+    "a/b": dt(2),
+    "a/b/old": f("1"),
+    c: dt(9),
+    e: dt(4),
+    "e/x": f("2"),
+  });
+  const src = tree({
+    a: dt(1),
+    "a/b": dt(2),
+    "a/b/new": f("3"),
+    c: dt(3),
+    e: dt(4),
+    "e/x": f("2"),
+    n: dt(5),
+    "n/y": f("4"),
+  });
+  const p = check(src, rep);
+  assertEquals(p.ops.map((o) => `${o.op}:${o.op === "rename" ? o.to : o.path}`), [
+    "mkdir:n",
+    "copy:a/b/new",
+    "copy:n/y",
+    "delete:a/b/old",
+    "dirtime:n", // new: mkdir gave it the time of the run
+    "dirtime:c", // differs
+    "dirtime:a/b", // its listing changed (its time was equal before the run)
+  ]);
+  assertEquals(p.ops.filter((o) => o.op === "dirtime").map((o) => o.mtime), [5, 3, 2]);
+  // Folders whose source time is not known (a manifest's nodes) get none.
+  const unknown = plan(tree({ a: d(), "a/x": f("1") }), tree({ a: d() }));
+  assertEquals(unknown.ops.map((o) => o.op), ["copy"]);
+});
+
+Deno.test("plan() gives folders outside the trees their differing times (dirTimesOutside), once", () => {
+  const src = tree({ a: dt(1), "a/x": f("1") });
+  const rep = tree({ a: dt(2), "a/x": f("1") });
+  const outside = new Map([["a", 1], ["far/away", 7], ["far", 8]]);
+  const p = plan(src, rep, { dirTimesOutside: outside });
+  assertEquals(p.ops, [
+    { op: "dirtime", path: "a", mtime: 1 },
+    { op: "dirtime", path: "far/away", mtime: 7 },
+    { op: "dirtime", path: "far", mtime: 8 },
+  ]);
+  // None at all with dirTimes off (rsync's --omit-dir-times).
+  assertEquals(plan(src, rep, { dirTimes: false, dirTimesOutside: outside }).ops, []);
+});
+
 Deno.test("plan() does not rename a folder into itself", () => {
   const rep = tree({ a: d(), "a/1": f("1"), "a/2": f("2") });
   const src = tree({ b: d(), "b/a": d(), "b/a/1": f("1"), "b/a/2": f("2") });
@@ -252,7 +329,7 @@ Deno.test("plan() survives a randomized property check (valid order, exact resul
         const p = prefix ? `${prefix}/${n}` : n;
         const r = rnd();
         if (r < 0.3 && depth < 3) {
-          t.set(p, d(rnd() < 0.2 ? 0o700 : 0o755));
+          t.set(p, dt(rnd() < 0.5 ? 1 : 2, rnd() < 0.2 ? 0o700 : 0o755));
           fill(p, depth + 1);
         } else if (r < 0.85) {
           t.set(p, f(String(Math.floor(rnd() * 4)), 10, 0o644, rnd() < 0.2 ? 1 : 2));
@@ -318,6 +395,7 @@ Deno.test("encodeTree()/decodeTree() round-trip every kind of entry", async () =
   const { encodeTree, decodeTree } = await import("../lib/scan_worker.ts");
   const t: Tree = new Map([
     ["a", { type: "dir", mode: 0o750 }],
+    ["b", { type: "dir", mode: 0o700, mtime: 1700000000456 }],
     // File nodes as the scanner makes them: every optional field present (one shape).
     ["a/f", {
       type: "file",

@@ -592,9 +592,15 @@ Deno.test("quickCheck() proposes folder fingerprints once a folder's ctime secon
     const r = quickCheck(root, ix, { side, now: later })!;
     assertEquals(r.changed, []);
     assertEquals(r.dirFps, [at("d"), ...fpOf(`${root}/d`), at("d/e"), ...fpOf(`${root}/d/e`)]);
-    // With exclude patterns, folder fingerprints are neither proposed nor trusted.
+    // With exclude patterns, folder fingerprints are neither proposed nor trusted. Each
+    // folder's mtime is reported either way (the run compares both sides' folder times).
     const excl = quickCheck(root, ix, { side, now: later, exclude: () => false })!;
-    assertEquals(excl, { changed: [], dirFps: [] });
+    const mtimeOf = (q: string) => Math.trunc(Deno.lstatSync(`${root}/${q}`).mtime!.getTime());
+    assertEquals(excl, {
+      changed: [],
+      dirFps: [],
+      dirTimes: [at("d"), mtimeOf("d"), at("d/e"), mtimeOf("d/e")],
+    });
   }
   // Recorded (as a no-op run does), a folder is trusted: no listing, no proposal.
   const o = at("d/e") * INDEX_FIELDS + 6;

@@ -24,6 +24,7 @@ type Summary = {
   manifestWritten: boolean;
   digest: string;
   hashed: { source: number; replica: number };
+  check: "quick" | "full";
 };
 
 async function syncJson(src: string, dst: string, ...extra: string[]): Promise<Summary> {
@@ -310,6 +311,9 @@ Deno.test("--delete-excluded deletes excluded entries from the replica, as rsync
     "delete debug.log",
     "delete sub/also.log",
     "delete sub/stray.log",
+    // The folders whose listing changes get the source's time back (as rsync -a does).
+    "dirtime .",
+    "dirtime sub",
     "rmdir cache",
     "rmdir cache/deeper",
   ]);
@@ -379,11 +383,17 @@ Deno.test("plan and sync --dry-run print the operations and change nothing", asy
   assertEquals(p.code, 0, p.stderr);
   assertMatch(p.stdout, /mkdir\s+a\//);
   assertMatch(p.stdout, /copy\s+a\/b\.txt/);
-  assertMatch(p.stdout, /3 operations planned/);
+  assertMatch(p.stdout, /dirtime\s+a\/\ndirtime\s+\.\/\n5 operations planned/);
   const n = await mimeo(["sync", src, dst, "--dry-run", "--json"]);
   assertEquals(n.code, 0, n.stderr);
   const j = JSON.parse(n.stdout);
-  assertEquals(j.ops.map((o: { op: string }) => o.op), ["mkdir", "copy", "symlink"]);
+  assertEquals(j.ops.map((o: { op: string; path: string }) => `${o.op} ${o.path}`), [
+    "mkdir a",
+    "copy a/b.txt",
+    "symlink c",
+    "dirtime a",
+    "dirtime .",
+  ]);
   assertEquals(j.ops[0].mode, "0755");
   let exists = true;
   try {
@@ -744,6 +754,51 @@ Deno.test("the replica folder's own mode follows the source folder's, as with rs
   assertEquals(s.done.meta, 1);
   assertEquals(mode(dst), 0o750);
   assertEquals(Object.values((await syncJson(src, dst)).done).reduce((a, b) => a + b, 0), 0);
+  assertMirror(src, dst);
+});
+
+Deno.test("folder times follow the source's, as rsync -a: a touched folder, a file made and removed, a replica folder touched by hand", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  writeTree(src, { "a/b/f": "f", "c/g": "g", "d/h": "h", "e/i": "i" });
+  ageTree(src);
+  // Once the files' ctime second is over, the first run's hashes are trusted from then on:
+  // the quick check below finds no file changed, only folder times.
+  await new Promise((r) => setTimeout(r, 1100));
+  const first = await syncJson(src, dst);
+  assertEquals(first.done.dirtime, 6); // a/b, a, c, d, e and the replica folder itself
+  assertMirror(src, dst);
+  // None of these changes a file or a listing; each changes one folder's time.
+  const past = new Date("2020-02-03T04:05:06.789Z");
+  Deno.utimeSync(`${src}/c`, past, past);
+  Deno.writeTextFileSync(`${src}/d/tmp.swp`, "x");
+  Deno.removeSync(`${src}/d/tmp.swp`);
+  Deno.utimeSync(`${dst}/a/b`, past, past);
+  const plan = await mimeo(["plan", src, dst, "--json"]);
+  assertEquals(plan.code, 0, plan.stderr);
+  const ops = JSON.parse(plan.stdout).ops as { op: string; path: string; mtime: string }[];
+  assertEquals(ops.map((o) => `${o.op} ${o.path}`), ["dirtime d", "dirtime c", "dirtime a/b"]);
+  assertEquals(ops[1].mtime, past.toISOString());
+  // On the quick path (each side checked against the index, nothing re-scanned).
+  const r = await syncJson(src, dst);
+  assertEquals(r.check, "quick");
+  assertEquals(r.done.dirtime, 3);
+  assertEquals(r.done.copy + r.done.update + r.done.meta, 0);
+  assertMirror(src, dst);
+  assertEquals(Object.values((await syncJson(src, dst)).done).reduce((a, b) => a + b, 0), 0);
+  // A folder the source cannot lose a time to: a copy into it sets the time back after.
+  Deno.writeTextFileSync(`${src}/e/new.txt`, "n");
+  const after = await syncJson(src, dst);
+  assertEquals([after.done.copy, after.done.dirtime], [1, 1]);
+  assertMirror(src, dst);
+  // --omit-dir-times (rsync's -O): folder times are left as they are, the replica's own too.
+  const other = new Date("2019-05-06T07:08:09.123Z");
+  Deno.utimeSync(`${dst}/c`, other, other);
+  Deno.writeTextFileSync(`${src}/newer.txt`, "n");
+  const omit = await syncJson(src, dst, "--omit-dir-times");
+  assertEquals(Object.entries(omit.done).filter(([, n]) => n > 0), [["copy", 1]]);
+  assertEquals(Deno.statSync(`${dst}/c`).mtime!.getTime(), other.getTime());
+  assertEquals((await syncJson(src, dst)).done.dirtime, 2); // c and the replica folder
   assertMirror(src, dst);
 });
 

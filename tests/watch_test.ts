@@ -16,7 +16,9 @@ const TIMEOUT = 15_000;
 
 function mirrored(src: string, dst: string): boolean {
   try {
-    return JSON.stringify(snapshot(dst)) === JSON.stringify(snapshot(src));
+    // (Folder times too, the replica folder's own included.)
+    return JSON.stringify(snapshot(dst, { root: true })) ===
+      JSON.stringify(snapshot(src, { root: true }));
   } catch {
     return false; // the replica is mid-change
   }
