@@ -328,7 +328,8 @@ export async function applyPlan(p: Plan, o: ApplyOptions): Promise<ApplyReport> 
       }
       const path = op.op === "rename" ? op.to : op.path;
       recordFailure(failures, op.op, path, e, "", op.op === "rename" ? { from: op.from } : {});
-      failedIn.add(parentOf(path));
+      // (A failed mode or time change leaves its folder's listing as it was.)
+      if (op.op !== "meta" && op.op !== "dirtime") failedIn.add(parentOf(path));
       if (op.op === "rename") failedIn.add(parentOf(op.from));
       o.progress?.({ ops: opsSeen(), bytes: bytesCopied });
     }

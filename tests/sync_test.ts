@@ -802,6 +802,26 @@ Deno.test("folder times follow the source's, as rsync -a: a touched folder, a fi
   assertMirror(src, dst);
 });
 
+Deno.test("a folder time that cannot be set is one error and holds back no other folder's", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, dst = `${d.path}/dst`;
+  writeTree(src, { "a/b/f": "f", "a/g": "g" });
+  assertEquals((await mimeo(["sync", src, dst, "-q"])).code, 0);
+  const past = new Date("2020-02-03T04:05:06.789Z");
+  Deno.utimeSync(`${src}/a/b`, past, past); // to set in a folder Deno may not write to
+  Deno.writeTextFileSync(`${src}/a/new.txt`, "n"); // a's listing changes: its time too
+  const r = await mimeo(["sync", src, dst], {
+    permissions: ["--allow-read", "--allow-write", `--deny-write=${dst}/a/b`],
+  });
+  assertEquals(r.code, 1, r.stderr);
+  assertEquals(r.stderr.split("\n").filter((l) => l.startsWith("error:")).length, 1, r.stderr);
+  assertMatch(r.stderr, /^error: dirtime 'a\/b': /m);
+  const mtime = (p: string) => Deno.statSync(p).mtime!.getTime();
+  assertEquals(mtime(`${dst}/a`), mtime(`${src}/a`));
+  assertEquals((await mimeo(["sync", src, dst, "-q"])).code, 0);
+  assertMirror(src, dst);
+});
+
 Deno.test("a source file dated in the future is trusted from its stat, and an edit to it is still seen", async () => {
   await using d = await tempDir();
   const src = `${d.path}/src`, dst = `${d.path}/dst`;
