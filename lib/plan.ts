@@ -5,6 +5,7 @@
  * Order of the plan, each step simulated on a virtual copy of the replica so that every
  * operation is valid at the moment it runs:
  *
+ * 0. special files found in the replica (in no tree) are deleted;
  * 1. folder renames (a folder moved in the source becomes one rename in the replica);
  * 2. file renames (content already in the replica under a path that goes away);
  * 3. type conflicts (a folder where the source has a file, or the reverse) are cleared;
@@ -118,6 +119,12 @@ export interface PlanOptions {
    * from the source's: path → the source's mtime. Each gets a `dirtime` operation.
    */
   dirTimesOutside?: ReadonlyMap<string, number>;
+  /**
+   * Special files found in the replica (FIFOs, sockets, devices), which are in no tree and
+   * never in the source: extra entries, deleted first (as rsync --delete does), unless
+   * `allowDelete` is off.
+   */
+  replicaSpecials?: readonly string[];
 }
 
 /** The result of {@linkcode plan}. */
@@ -252,6 +259,13 @@ export function plan(src: Tree, rep: Tree, options: PlanOptions = {}): Plan {
     applyOp(V, op);
   };
   const srcPaths = [...src.keys()].sort();
+  const deletesSkipped: string[] = [];
+
+  // 0. Special files in the replica, first: a folder or file of the source may need the name.
+  for (const path of options.replicaSpecials ?? []) {
+    if (allowDelete) emit({ op: "delete", path, kind: "file" });
+    else deletesSkipped.push(path);
+  }
 
   /** Make sure every ancestor of `path` is a folder in V, creating missing ones. */
   const ensureParents = (path: string): boolean => {
@@ -410,7 +424,6 @@ export function plan(src: Tree, rep: Tree, options: PlanOptions = {}): Plan {
 
   // 6. Deletions, deepest first (reverse sorted order puts children before parents).
   const extras = [...V.keys()].filter((q) => !src.has(q)).sort().reverse();
-  const deletesSkipped: string[] = [];
   for (const q of extras) {
     if (!allowDelete && !isTempPath(q)) {
       deletesSkipped.push(q);

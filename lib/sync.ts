@@ -1029,20 +1029,18 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
     );
   }
 
-  const p: Plan = unchanged ? { ops: [], deletesSkipped: [], bytesToCopy: 0 } : plan(src, rep, {
-    allowDelete: !sourceErrors,
-    renames: options.renames ?? true,
-    dirTimes,
-    dirTimesOutside: timesDiffer,
-  });
   // Special files in the replica (FIFOs, sockets, devices) are in no tree, only scan
-  // warnings, and the source never has them: extra entries, deleted first like any other
-  // (as rsync --delete does), unless a source read error holds deletions back.
+  // warnings: the plan deletes them (see `replicaSpecials`).
   const specials = repScan.issues.filter((i) => i.code === "SPECIAL").map((i) => i.path);
-  if (specials.length) {
-    if (sourceErrors) p.deletesSkipped.push(...specials);
-    else p.ops.unshift(...specials.map((path): Op => ({ op: "delete", path, kind: "file" })));
-  }
+  const p: Plan = unchanged && !specials.length
+    ? { ops: [], deletesSkipped: [], bytesToCopy: 0 }
+    : plan(src, rep, {
+      allowDelete: !sourceErrors,
+      renames: options.renames ?? true,
+      dirTimes,
+      dirTimesOutside: timesDiffer,
+      replicaSpecials: specials,
+    });
   mark("plan");
   if (p.deletesSkipped.length) {
     logEvent("warning", {

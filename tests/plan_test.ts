@@ -278,6 +278,22 @@ Deno.test("plan() gives folders outside the trees their differing times (dirTime
   assertEquals(plan(src, rep, { dirTimes: false, dirTimesOutside: outside }).ops, []);
 });
 
+Deno.test("plan() deletes the replica's special files first, and sets their folders' times", () => {
+  const src = tree({ a: dt(1), x: dt(2) });
+  const rep = tree({ a: dt(1) });
+  const p = plan(src, rep, { replicaSpecials: ["a/fifo", "x"] });
+  assertEquals(p.ops.map((o) => `${o.op}:${o.op === "rename" ? o.to : o.path}`), [
+    "delete:a/fifo",
+    "delete:x", // (a FIFO where the source has a folder)
+    "mkdir:x",
+    "dirtime:x",
+    "dirtime:a",
+  ]);
+  const held = plan(src, rep, { replicaSpecials: ["a/fifo"], allowDelete: false });
+  assertEquals(held.deletesSkipped, ["a/fifo"]);
+  assert(!held.ops.some((o) => o.op === "delete"));
+});
+
 Deno.test("plan() does not rename a folder into itself", () => {
   const rep = tree({ a: d(), "a/1": f("1"), "a/2": f("2") });
   const src = tree({ b: d(), "b/a": d(), "b/a/1": f("1"), "b/a/2": f("2") });

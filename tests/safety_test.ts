@@ -522,6 +522,16 @@ Deno.test("special files: skipped with a warning on every run in the source, del
     "sub/b.txt",
   ]);
   assert(Deno.lstatSync(`${dst}/dir2`).isDirectory);
+  // Deleting one changes its folder's listing: the folder gets the source's time back after,
+  // also when its time was the source's before.
+  await fifo(`${dst}/sub/again`);
+  const mtime = (p: string) => Deno.statSync(p).mtime!.getTime();
+  const t = new Date(mtime(`${src}/sub`));
+  Deno.utimeSync(`${dst}/sub`, t, t);
+  const again = await mimeo(["sync", src, dst]);
+  assertEquals(again.code, 0, again.stderr);
+  assertMatch(again.stderr, /^delete {2}sub\/again$/m);
+  assertEquals(mtime(`${dst}/sub`), mtime(`${src}/sub`));
 });
 
 Deno.test("a name that is not valid UTF-8 is an error on every run, in the source or the replica", async () => {
