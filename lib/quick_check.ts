@@ -25,7 +25,7 @@
  * @module
  */
 import { INDEX_FIELDS, Kind, type ManifestIndex } from "./manifest_index.ts";
-import { CTIME_TICK_MS, isRacyMtime, type PathFilter } from "./scan.ts";
+import { CTIME_TICK_MS, isRacyMtime, mtimeMs, type PathFilter } from "./scan.ts";
 
 /** Options for {@linkcode quickCheck}. */
 export interface QuickCheckOptions {
@@ -147,7 +147,7 @@ export function quickCheck(
         continue;
       }
       if (st.isFile) {
-        const mtime = Math.trunc(st.mtime?.getTime() ?? 0);
+        const mtime = mtimeMs(st);
         if (
           kind !== Kind.File || nums[o + 2] !== st.size || nums[o + 3] !== mtime ||
           nums[o + 1] !== ((st.mode ?? 0) & 0o7777) || nums[o + fpAt] !== st.ino ||
@@ -161,7 +161,7 @@ export function quickCheck(
           continue;
         }
         live[i] = 1;
-        dirTimes.push(i, Math.trunc(st.mtime?.getTime() ?? 0));
+        dirTimes.push(i, mtimeMs(st));
         const ino = st.ino ?? 0, ctime = st.ctime?.getTime() ?? 0;
         const known = ino > 0 && ctime > 0;
         if (trustDirs && known && nums[o + fpAt] === ino && nums[o + fpAt + 1] === ctime) {

@@ -105,8 +105,13 @@ export interface ScanResult {
  * a copy, to tell whether the source changed while it was read.
  */
 export function sameStat(n: Pick<FileNode, "size" | "mtime" | "fp">, st: Deno.FileInfo): boolean {
-  return st.isFile && st.size === n.size && Math.trunc(st.mtime?.getTime() ?? 0) === n.mtime &&
+  return st.isFile && st.size === n.size && mtimeMs(st) === n.mtime &&
     (!n.fp || ((st.ino ?? 0) === n.fp[0] && (st.ctime?.getTime() ?? 0) === n.fp[1]));
+}
+
+/** A stat result's mtime as the trees and the manifest hold it: integer milliseconds. */
+export function mtimeMs(st: Deno.FileInfo): number {
+  return Math.trunc(st.mtime?.getTime() ?? 0);
 }
 
 /** The node for a stat result (`abs` is read only for symlinks), or `"special"`. */
@@ -117,7 +122,7 @@ export function nodeFromStat(st: Deno.FileInfo, abs: string): Node | "special" {
     return {
       type: "file",
       size: st.size,
-      mtime: Math.trunc(st.mtime?.getTime() ?? 0),
+      mtime: mtimeMs(st),
       mode: (st.mode ?? 0o644) & 0o7777,
       sha256: undefined,
       fp: fingerprintOf(st),
@@ -128,7 +133,7 @@ export function nodeFromStat(st: Deno.FileInfo, abs: string): Node | "special" {
     return {
       type: "dir",
       mode: (st.mode ?? 0o755) & 0o7777,
-      mtime: Math.trunc(st.mtime?.getTime() ?? 0),
+      mtime: mtimeMs(st),
     };
   }
   if (st.isSymlink) return { type: "symlink", target: Deno.readLinkSync(abs) };

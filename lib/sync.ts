@@ -54,6 +54,7 @@ import { quickCheck } from "./quick_check.ts";
 import {
   isReplicaTrustworthy,
   isTrustworthy,
+  mtimeMs,
   reuseReplicaHashes,
   reuseSourceHashes,
   scanTree,
@@ -309,7 +310,7 @@ function fillFolderTimes(tree: Tree, root: string, known?: Map<string, number>):
       try {
         const st = Deno.lstatSync(`${root}/${p}`);
         if (!st.isDirectory) continue;
-        mtime = Math.trunc(st.mtime?.getTime() ?? 0);
+        mtime = mtimeMs(st);
       } catch {
         continue; // gone: the plan does not keep it, or the apply reports it
       }
@@ -1223,7 +1224,7 @@ function mirrorRoot(report: SyncReport, dryRun: boolean, dirTimes: boolean): voi
   const statOf = (p: string) => {
     try {
       const st = Deno.statSync(p);
-      return { mode: (st.mode ?? 0) & 0o7777, mtime: Math.trunc(st.mtime?.getTime() ?? 0) };
+      return { mode: (st.mode ?? 0) & 0o7777, mtime: mtimeMs(st) };
     } catch {
       return undefined;
     }
@@ -1241,9 +1242,9 @@ function mirrorRoot(report: SyncReport, dryRun: boolean, dirTimes: boolean): voi
   if (!ops.length) return;
   report.ops = [...report.ops, ...ops];
   if (dryRun) return;
+  const target = new FsTarget(replica);
   for (const op of ops) {
     try {
-      const target = new FsTarget(replica);
       if (op.op === "meta") target.setMeta(".", "dir", op.mode);
       else target.setDirTime("", op.mtime);
       target.finish();
