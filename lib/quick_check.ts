@@ -54,7 +54,7 @@ export interface QuickResult {
    * the folders that were listed because their recorded fingerprint did not match. `-1, -1`
    * when the folder's ctime is still too recent to be trusted later (its recorded
    * fingerprint is then dropped). The run records them for the folders whose listing it
-   * did not change (see `encodeSpliced` in sync.ts).
+   * did not change (see `encodeSpliced` in record.ts).
    */
   dirFps: number[];
   /**

@@ -13,20 +13,10 @@ import {
 } from "./apply.ts";
 import { errorMessage, ExitCode, RefusedError, UsageError } from "./errors.ts";
 import { dirname } from "node:path";
-import { buildFilter } from "./filter.ts";
+import { buildFilter, type FilterOptions } from "./filter.ts";
 import { lockReplica } from "./lock.ts";
 import { formatBytes, logEvent } from "./log.ts";
-import {
-  type CacheRecord,
-  type EncodedManifest,
-  encodeManifest,
-  type Manifest,
-  ManifestError,
-  openPreviousManifest,
-  readManifest,
-  treeDigest,
-  writeReplicaManifest,
-} from "./manifest.ts";
+import { type Manifest, ManifestError, readManifest } from "./manifest.ts";
 import {
   countOps,
   type DirtimeOp,
@@ -39,22 +29,25 @@ import {
 } from "./plan.ts";
 import { checkManifestWritable, granted, type SyncPaths, validatePaths } from "./paths.ts";
 import {
-  INDEX_FIELDS,
-  indexFind,
-  indexIsCurrent,
   indexPathFor,
   indexToManifest,
-  indexUnder,
-  Kind,
   loadIndexDetails,
   type ManifestIndex,
   readIndex,
 } from "./manifest_index.ts";
+import { indexPart, manifestPart, mergePartial, normalizeOnly, rootsInIndex } from "./partial.ts";
 import { quickCheck } from "./quick_check.ts";
 import {
-  isReplicaTrustworthy,
-  isTrustworthy,
+  type DirFps,
+  manifestsEqual,
+  recordDirFingerprints,
+  recordManifest,
+  withoutParentsOf,
+  writeRecord,
+} from "./record.ts";
+import {
   mtimeMs,
+  type PathFilter,
   reuseReplicaHashes,
   reuseSourceHashes,
   scanTree,
@@ -62,14 +55,7 @@ import {
 import { hashNode } from "./hash.ts";
 import { quickCheckInWorker, scanInWorker } from "./scan_worker.ts";
 import { FsTarget, removeQuietly, yieldToEventLoop } from "./target_fs.ts";
-import {
-  type DirNode,
-  type FileNode,
-  type LinkNode,
-  parentOf,
-  type ScanIssue,
-  type Tree,
-} from "./types.ts";
+import { type DirNode, type FileNode, type LinkNode, type ScanIssue, type Tree } from "./types.ts";
 
 /**
  * Replicas whose manifest is at least this large (about 5,000 entries) are scanned on a
@@ -237,59 +223,6 @@ function loadManifest(path: string, replica: string | undefined): Manifest | und
   }
 }
 
-/** Minimal set of roots (drop paths inside other listed paths), sorted. */
-export function normalizeOnly(only: string[]): string[] {
-  const set = new Set(only.filter((p) => p !== "" && p !== "."));
-  const out: string[] = [];
-  for (const p of set) {
-    let d = parentOf(p);
-    while (d !== "" && !set.has(d)) d = parentOf(d);
-    if (d === "") out.push(p);
-  }
-  return out.sort();
-}
-
-function inOnly(p: string, roots: Set<string>): boolean {
-  for (let d = p; d !== ""; d = parentOf(d)) if (roots.has(d)) return true;
-  return false;
-}
-
-/** {@linkcode inOnly} with the answer per folder remembered (a tree has far fewer folders). */
-function inOnlyMemo(roots: Set<string>): (p: string) => boolean {
-  const dirs = new Map<string, boolean>();
-  return (p) => {
-    if (roots.has(p)) return true;
-    const d = parentOf(p);
-    if (d === "") return false;
-    let v = dirs.get(d);
-    if (v === undefined) dirs.set(d, v = inOnly(d, roots));
-    return v;
-  };
-}
-
-/**
- * The part of a manifest a run limited to `roots` works on: the entries inside the roots
- * and the folders above them. Everything else is, on both sides, what the manifest says
- * (that is what the quick check and the watcher establish), so the plan has nothing to do
- * there: planning, hashing and recording only this part makes a small change cost in
- * proportion to its size, not to the tree's (see {@linkcode spliceManifest}).
- */
-export function manifestPart(m: Manifest, roots: Set<string>): Manifest {
-  const entries: Tree = new Map();
-  const cache = new Map<string, CacheRecord>();
-  const add = (p: string) => {
-    const n = m.entries.get(p);
-    if (!n) return;
-    entries.set(p, n);
-    const c = m.cache.get(p);
-    if (c) cache.set(p, c);
-  };
-  for (const r of roots) for (let d = parentOf(r); d !== ""; d = parentOf(d)) add(d);
-  const under = inOnlyMemo(roots);
-  for (const p of m.entries.keys()) if (under(p)) add(p);
-  return { entries, cache, digest: m.digest };
-}
-
 /** A quick check's folder times (`QuickResult.dirTimes`) by path. */
 function timesByPath(ix: ManifestIndex, pairs: readonly number[]): Map<string, number> {
   const m = new Map<string, number>();
@@ -317,230 +250,6 @@ function fillFolderTimes(tree: Tree, root: string, known?: Map<string, number>):
     }
     tree.set(p, { type: "dir", mode: n.mode, mtime });
   }
-}
-
-/** Entry numbers of the folders above `roots` that the index holds, each once. */
-function foldersAbove(ix: ManifestIndex, roots: Iterable<string>): number[] {
-  const found: number[] = [];
-  const seen = new Set<string>();
-  for (const r of roots) {
-    for (let d = parentOf(r); d !== "" && !seen.has(d); d = parentOf(d)) {
-      seen.add(d);
-      const i = indexFind(ix.paths, d);
-      if (i !== undefined) found.push(i);
-    }
-  }
-  return found;
-}
-
-/** Where a run's roots are in an index (see {@linkcode rootsInIndex}). Read-only. */
-interface RootsInIndex {
-  /** One flag per entry: under a root (`indexUnder`). */
-  under: Uint8Array;
-  /** Entry numbers of the folders above the roots (`foldersAbove`). */
-  above: readonly number[];
-}
-
-/**
- * Where `roots` are in `ix`. A run with changes needs it twice, to read its part of the
- * index and to splice the manifest, so `sync()` finds it once and passes it to both (a CPU
- * profile of a 1% change at 200,000 files: 56 ms for two `indexUnder` calls, 24 for two
- * `foldersAbove`).
- */
-function rootsInIndex(ix: ManifestIndex, roots: Set<string>): RootsInIndex {
-  return { under: indexUnder(ix.paths, roots), above: foldersAbove(ix, roots) };
-}
-
-/** {@linkcode manifestPart} read straight from an index (no whole manifest is built). */
-export function indexPart(
-  ix: ManifestIndex,
-  roots: Set<string>,
-  found: RootsInIndex = rootsInIndex(ix, roots),
-): Manifest {
-  const { under, above } = found;
-  const picked = [...above];
-  for (let i = 0; i < under.length; i++) if (under[i]) picked.push(i);
-  return indexToManifest(ix, picked);
-}
-
-/**
- * The whole manifest after a run limited to `roots`: `part` (the recorded part, see
- * {@linkcode manifestPart}) inside the roots, `whole` (the manifest before the run)
- * everywhere else.
- */
-export function spliceManifest(whole: Manifest, part: Manifest, roots: Set<string>): Manifest {
-  const entries: Tree = new Map();
-  const cache = new Map<string, CacheRecord>();
-  const under = inOnlyMemo(roots);
-  const take = (m: Manifest, inside: boolean) => {
-    for (const [p, n] of m.entries) {
-      if (under(p) !== inside) continue;
-      entries.set(p, n);
-      const c = m.cache.get(p);
-      if (c) cache.set(p, c);
-    }
-  };
-  take(whole, false);
-  take(part, true);
-  return { entries, cache };
-}
-
-/** Folder fingerprints proposed by the quick checks of both sides (`QuickResult.dirFps`). */
-interface DirFps {
-  src: number[];
-  dst: number[];
-}
-
-/**
- * The triples of `fps` (see `QuickResult.dirFps`) without those of the folders that hold an
- * entry in `issues`.
- */
-function withoutParentsOf(fps: number[], ix: ManifestIndex, issues: ScanIssue[]): number[] {
-  const parents = new Set(issues.map((i) => parentOf(i.path)));
-  if (!parents.size) return fps;
-  const kept: number[] = [];
-  for (let k = 0; k < fps.length; k += 3) {
-    if (!parents.has(ix.paths[fps[k]])) kept.push(fps[k], fps[k + 1], fps[k + 2]);
-  }
-  return kept;
-}
-
-/**
- * Add the folders of `dirFps` that `replaced` does not already cover to `m` and
- * `replaced`, with their cache rows: the proposed fingerprint for a side that has one, the
- * recorded one for the other side.
- */
-function addDirFps(m: Manifest, replaced: Uint8Array, ix: ManifestIndex, dirFps: DirFps): void {
-  const { nums, paths } = ix;
-  const mine = new Uint8Array(paths.length);
-  for (const [list, side] of [[dirFps.src, "src"], [dirFps.dst, "dst"]] as const) {
-    for (let k = 0; k < list.length; k += 3) {
-      const i = list[k];
-      const p = paths[i];
-      if (replaced[i] && !mine[i]) continue; // written anew by the run, without one
-      const o = i * INDEX_FIELDS;
-      if (nums[o] !== Kind.Dir) throw new Error(`'${p}' is not a folder in the index`);
-      if (!mine[i]) {
-        replaced[i] = mine[i] = 1;
-        m.entries.set(p, { type: "dir", mode: nums[o + 1] });
-        const fp = (at: number) =>
-          nums[o + at] >= 0 ? [nums[o + at], nums[o + at + 1]] as const : undefined;
-        m.cache.set(p, { dst: fp(4), src: fp(6) });
-      }
-      m.cache.get(p)![side] = list[k + 1] >= 0 ? [list[k + 1], list[k + 2]] : undefined;
-    }
-  }
-}
-
-/**
- * Encode the manifest after a run limited to `roots` into the previous manifest file:
- * `recorded` (the run's part, see {@linkcode manifestPart}) replaces the file's entries
- * inside the roots and the folders above them, and the rest is copied from the file (see
- * `encodeManifest`). The folders above the roots are written again, not copied, so that
- * their recorded folder fingerprints go: what they list may have changed in this run
- * (`recorded` has none), and only a later run that lists them records new ones. The
- * fingerprints the quick checks proposed (`dirFps`) are recorded for the other folders,
- * whose listings this run did not touch. When the run did nothing to the replica
- * (`untouched`: no operation planned, so both sides and `recorded` list the same names),
- * the folders above the roots are kept as they were, and get the proposed ones too.
- */
-function encodeSpliced(
-  recorded: Manifest,
-  roots: Set<string>,
-  ix: ManifestIndex,
-  file: Deno.FsFile,
-  dirFps: DirFps | undefined,
-  untouched: boolean,
-  found: RootsInIndex,
-): EncodedManifest {
-  const under = inOnlyMemo(roots);
-  const inside: Manifest = { entries: new Map(), cache: new Map() };
-  for (const [p, n] of recorded.entries) {
-    if (!under(p)) continue;
-    inside.entries.set(p, n);
-    const c = recorded.cache.get(p);
-    if (c) inside.cache.set(p, c);
-  }
-  const replaced = found.under.slice();
-  // Untouched, the folders above the roots keep their lines and rows (those they had are
-  // still right, and those the checks proposed are added below).
-  for (const i of untouched ? [] : found.above) {
-    if (replaced[i]) continue;
-    replaced[i] = 1;
-    // (A folder above a root that the replica no longer has goes from the manifest too.)
-    const d = ix.paths[i];
-    const n = recorded.entries.get(d);
-    if (n) inside.entries.set(d, n);
-  }
-  if (dirFps) addDirFps(inside, replaced, ix, dirFps);
-  return encodeManifest(inside, true, { ix, file, replaced });
-}
-
-/**
- * Record the folder fingerprints proposed by the quick checks of a run with nothing to do
- * (see `QuickResult.dirFps`): the manifest is written again with those folders' cache rows
- * changed, everything else copied from the file. Its digest and entries stay the same. It
- * is only a speed-up for the next runs, so a failure is logged at debug level, not
- * reported.
- */
-function recordDirFingerprints(
-  report: SyncReport,
-  manifestPath: string,
-  manifestStat: Deno.FileInfo,
-  ix: ManifestIndex,
-  dirFps: DirFps,
-): void {
-  const indexPath = indexPathFor(manifestPath);
-  if (!granted("write", manifestPath) || !granted("write", indexPath)) return;
-  try {
-    if (!loadIndexDetails(ix)) return;
-    const m: Manifest = { entries: new Map(), cache: new Map() };
-    const replaced = new Uint8Array(ix.paths.length);
-    addDirFps(m, replaced, ix, dirFps);
-    using file = openPreviousManifest(manifestPath, manifestStat, ix);
-    if (!file) return;
-    const enc = encodeManifest(m, true, { ix, file, replaced });
-    // Only cache rows changed: a different digest would mean the index was not the file's.
-    if (enc.digest !== ix.digest) throw new Error("the digest would change");
-    const e = writeReplicaManifest(manifestPath, enc, true);
-    report.manifestWritten = true;
-    report.manifestWrite = "spliced";
-    if (e) throw e;
-  } catch (e) {
-    logEvent("debug", {
-      event: "index-failed",
-      path: manifestPath,
-      message: `cannot record folder fingerprints: ${errorMessage(e)} (the next run lists them)`,
-    });
-  }
-}
-
-/** Trees from the manifest for everything outside `roots`, fresh scans inside. */
-function mergePartial(
-  old: Manifest,
-  fresh: Tree,
-  roots: Set<string>,
-  side: "src" | "dst",
-): Tree {
-  const t: Tree = new Map();
-  const under = inOnlyMemo(roots);
-  for (const [p, n] of old.entries) {
-    if (under(p)) continue;
-    if (n.type === "file") {
-      const c = old.cache.get(p);
-      t.set(p, {
-        type: "file",
-        size: n.size,
-        mtime: n.mtime,
-        mode: n.mode,
-        sha256: n.sha256,
-        fp: side === "src" ? c?.src : c?.dst,
-        hashedAt: undefined,
-      });
-    } else t.set(p, n);
-  }
-  for (const [p, n] of fresh) t.set(p, n);
-  return t;
 }
 
 /** Hash what the plan needs to decide, and nothing more. */
@@ -607,38 +316,6 @@ async function resolveHashes(
   return { source, replica };
 }
 
-/** The manifest that describes the replica as it is after the run. */
-function recordManifest(state: Tree, src: Tree, repRoot: string): Manifest {
-  const entries: Tree = new Map();
-  const cache = new Map<string, CacheRecord>();
-  for (const [p, n] of state) {
-    if (n.type !== "file") {
-      entries.set(p, n);
-      continue;
-    }
-    let node = n;
-    if (!node.sha256) {
-      // Content unknown (changed behind our back and kept): hash it so the record is true.
-      node = { ...n };
-      if (hashNode(`${repRoot}/${p}`, p, node)) continue;
-    }
-    entries.set(p, node);
-    const s = src.get(p);
-    const rec: CacheRecord = {};
-    if (node.fp && isReplicaTrustworthy(node)) rec.dst = node.fp;
-    if (
-      s?.type === "file" && s.sha256 === node.sha256 && s.size === node.size &&
-      s.mtime === node.mtime && s.fp && isTrustworthy(s)
-    ) rec.src = s.fp;
-    if (rec.dst || rec.src) cache.set(p, rec);
-  }
-  return { entries, cache };
-}
-
-function sameFp(a?: readonly number[], b?: readonly number[]): boolean {
-  return a === b || (!!a && !!b && a[0] === b[0] && a[1] === b[1]);
-}
-
 /**
  * Whether a run has nothing to do, decided right after the stat cache: every source and
  * replica entry equals its manifest entry, and every file's hash came from the cache (its
@@ -669,28 +346,6 @@ export function isUnchanged(
     } else if ((s as LinkNode).target !== e.target || (r as LinkNode).target !== e.target) {
       return false;
     }
-  }
-  return true;
-}
-
-/** Whether two manifests would serialize identically. */
-export function manifestsEqual(a: Manifest, b: Manifest): boolean {
-  if (a.entries.size !== b.entries.size || a.cache.size !== b.cache.size) return false;
-  for (const [p, x] of a.entries) {
-    const y = b.entries.get(p);
-    if (!y || x.type !== y.type) return false;
-    if (x.type === "file") {
-      const f = y as FileNode;
-      if (x.sha256 !== f.sha256 || x.size !== f.size || x.mtime !== f.mtime || x.mode !== f.mode) {
-        return false;
-      }
-    } else if (x.type === "dir") {
-      if (y.type === "dir" && x.mode !== y.mode) return false;
-    } else if (y.type === "symlink" && x.target !== y.target) return false;
-  }
-  for (const [p, c] of a.cache) {
-    const d = b.cache.get(p);
-    if (!d || !sameFp(c.dst, d.dst) || !sameFp(c.src, d.src)) return false;
   }
   return true;
 }
@@ -747,6 +402,83 @@ function summaryText(r: SyncReport): string {
 }
 
 /**
+ * Whether the replica folder exists; a first run (not a dry run) makes it now, to hold its
+ * lock (see lock.ts): once the paths are valid and the folder for the manifest can be
+ * written, nothing can be refused while the replica is empty (and if that folder cannot
+ * be, the empty replica made here goes again). `given` is the replica as the user wrote it.
+ */
+function prepareReplica(paths: SyncPaths, given: string, dryRun: boolean): boolean {
+  const { source, replica, manifest } = paths;
+  let replicaExists = true;
+  try {
+    Deno.lstatSync(replica);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+    replicaExists = false;
+  }
+  if (dryRun) return replicaExists;
+  if (!replicaExists) {
+    // Private from the start when the source is (its mode is set exactly at the end).
+    const mode = ((Deno.statSync(source).mode ?? 0o755) & 0o777) | 0o700;
+    try {
+      try {
+        Deno.mkdirSync(replica, { mode });
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+        // (Its missing parents get the default mode.)
+        Deno.mkdirSync(dirname(replica), { recursive: true });
+        Deno.mkdirSync(replica, { mode });
+      }
+    } catch (e) {
+      if (!(e instanceof Deno.errors.AlreadyExists)) {
+        throw new UsageError(`Cannot create replica '${given}': ${errorMessage(e)}`);
+      }
+    }
+  }
+  try {
+    checkManifestWritable(manifest);
+  } catch (e) {
+    if (!replicaExists) removeQuietly(replica);
+    throw e;
+  }
+  return replicaExists;
+}
+
+/**
+ * Refuse a plan that deletes more than the run allows (`--max-delete N` or `N%`), or, in a
+ * first sync into a folder mimeo did not make (`firstInto`: no manifest beside it), most
+ * of the folder: more likely a wrong path (`mimeo build ~`) than a stale copy. Asked for,
+ * with --max-delete, that goes ahead. `repCount`: the replica's entries.
+ */
+function checkDeletes(p: Plan, repCount: number, options: SyncOptions, firstInto: boolean): void {
+  const deletes =
+    p.ops.filter((o) => (o.op === "delete" || o.op === "rmdir") && !isTempPath(o.path)).length;
+  if (options.maxDelete !== undefined && deletes > options.maxDelete) {
+    throw new RefusedError(
+      `refusing to delete ${deletes} entries (more than --max-delete ${options.maxDelete}); nothing was changed`,
+    );
+  }
+  if (options.maxDeletePercent !== undefined && repCount > 0) {
+    const pct = (deletes / repCount) * 100;
+    if (pct > options.maxDeletePercent) {
+      throw new RefusedError(
+        `refusing to delete ${deletes} of ${repCount} entries (${
+          pct.toFixed(1)
+        }%, more than --max-delete ${options.maxDeletePercent}%); nothing was changed`,
+      );
+    }
+  }
+  if (
+    firstInto && options.maxDelete === undefined && options.maxDeletePercent === undefined &&
+    deletes >= FIRST_SYNC_DELETE_MIN && deletes > repCount * FIRST_SYNC_DELETE_SHARE
+  ) {
+    throw new RefusedError(
+      `refusing a first sync into '${options.replica}' that would delete ${deletes} of its ${repCount} entries (mimeo has no manifest for it, so it did not make it; is the path right?); nothing was changed. To mirror into it anyway, pass --max-delete 100%`,
+    );
+  }
+}
+
+/**
  * Mirror `source` into `replica` once. Fatal problems (bad paths, permissions, safety
  * limits) throw typed errors before anything is written; per-file problems are in the
  * report and make `exitCode` 1.
@@ -776,43 +508,8 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   const repExclude = options.deleteExcluded ? undefined : exclude;
   const dirTimes = options.dirTimes ?? true;
   const repFilter = repExclude && filterOptions;
-  let replicaExists = true;
-  try {
-    Deno.lstatSync(replica);
-  } catch (e) {
-    if (!(e instanceof Deno.errors.NotFound)) throw e;
-    replicaExists = false;
-  }
-  // One run at a time into a replica (see lock.ts). A first run makes the replica folder
-  // now, to hold its lock; once the paths are valid and the folder for the manifest can be
-  // written, nothing can be refused while the replica is empty (and if that folder cannot
-  // be, the empty replica made here goes again).
-  if (!dryRun && !replicaExists) {
-    // Private from the start when the source is (its mode is set exactly at the end).
-    const mode = ((Deno.statSync(source).mode ?? 0o755) & 0o777) | 0o700;
-    try {
-      try {
-        Deno.mkdirSync(replica, { mode });
-      } catch (e) {
-        if (!(e instanceof Deno.errors.NotFound)) throw e;
-        // (Its missing parents get the default mode.)
-        Deno.mkdirSync(dirname(replica), { recursive: true });
-        Deno.mkdirSync(replica, { mode });
-      }
-    } catch (e) {
-      if (!(e instanceof Deno.errors.AlreadyExists)) {
-        throw new UsageError(`Cannot create replica '${options.replica}': ${errorMessage(e)}`);
-      }
-    }
-  }
-  if (!dryRun) {
-    try {
-      checkManifestWritable(manifestPath);
-    } catch (e) {
-      if (!replicaExists) removeQuietly(replica);
-      throw e;
-    }
-  }
+  const replicaExists = prepareReplica(paths, options.replica, dryRun);
+  // One run at a time into a replica (see lock.ts).
   using _lock = dryRun ? undefined : lockReplica(replica, "sync");
   const marks: Record<string, number> = {};
   let tMark = performance.now();
@@ -832,83 +529,37 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
 
   // The quick path: with an index that matches the manifest, both sides are checked by
   // stat alone, and only what may differ is scanned, hashed and planned below.
-  let ix: ManifestIndex | undefined;
-  let only = options.only;
-  // What each side's quick check found: only that is scanned again on that side (the rest
-  // of the side matches the manifest, which is what the quick check established).
-  let sideOnly: { src: string[]; rep: string[] } | undefined;
-  let quick: "none" | "changes" | "nothing" = "none";
-  // Folder fingerprints each side's quick check proposes (see `recordDirFingerprints`).
-  let dirFps: DirFps | undefined;
-  // Folder times each side's quick check found (path → mtime), and the folders whose two
-  // times differ (path → the source's).
-  let quickTimes: { src: Map<string, number>; rep: Map<string, number> } | undefined;
-  let timesDiffer: Map<string, number> | undefined;
-  let repQuickInWorker = false;
   const indexPath = indexPathFor(manifestPath);
-  if (
-    replicaExists && manifestStat && !options.checksum && !options.only &&
-    granted("read", indexPath)
-  ) {
-    // The replica on the second core when large (the same rule as for a full scan), the
-    // source here. The worker starts first (it reads the index itself) so that its start-up
-    // overlaps this thread's reading of the index; with no index file, it is not started.
-    const inWorker = manifestStat.size >= minBytes && exists(indexPath)
-      ? quickCheckInWorker({
-        root: replica,
-        filter: repFilter,
-        indexPath,
-        manifestStat,
-        now,
-      }, options.signal).catch((e) => {
-        if (options.signal?.aborted) throw e;
-        return "failed" as const;
-      })
-      : undefined;
-    ix = readIndex(indexPath, manifestStat);
-    // With a stale or damaged index the worker finds it unusable too, answers and ends.
-    if (!ix) inWorker?.catch(() => {});
-    if (ix) {
-      mark("index");
-      const check = (root: string, side: "source" | "replica") =>
-        quickCheck(root, ix!, {
-          side,
-          exclude: side === "source" ? exclude : repExclude,
-          now,
-          signal: options.signal,
-        });
-      const srcFound = check(source, "source");
-      mark("quickSource");
-      let repFound = await inWorker;
-      repQuickInWorker = inWorker !== undefined && repFound !== "failed";
-      if (!repQuickInWorker) repFound = check(replica, "replica");
-      mark("quick");
-      if (srcFound && repFound && repFound !== "failed") {
-        only = [...srcFound.changed, ...repFound.changed];
-        sideOnly = { src: srcFound.changed, rep: repFound.changed };
-        if (dirTimes) {
-          quickTimes = {
-            src: timesByPath(ix, srcFound.dirTimes),
-            rep: timesByPath(ix, repFound.dirTimes),
-          };
-          timesDiffer = new Map();
-          for (const [p, t] of quickTimes.src) {
-            const r = quickTimes.rep.get(p);
-            if (r !== undefined && r !== t) timesDiffer.set(p, t);
-          }
-        }
-        quick = only.length || timesDiffer?.size ? "changes" : "nothing";
-        dirFps = { src: srcFound.dirFps, dst: repFound.dirFps };
-      }
-    }
-  }
+  const found: QuickStage = replicaExists && manifestStat && !options.checksum &&
+      !options.only && granted("read", indexPath)
+    ? await quickStage({
+      source,
+      replica,
+      indexPath,
+      manifestStat,
+      exclude,
+      repExclude,
+      repFilter,
+      now,
+      dirTimes,
+      minBytes,
+      signal: options.signal,
+      mark,
+    })
+    : { quick: "none", inWorker: false };
+  let { ix, dirFps } = found;
+  const { quick, sideOnly, quickTimes, timesDiffer, inWorker: repQuickInWorker } = found;
+  const only = found.only ?? options.only;
   if (quick === "nothing") {
     const report = newReport(paths, dryRun, ix!.paths.length);
     report.digest = ix!.digest;
     report.check = "quick";
     report.scannedInWorker = repQuickInWorker;
     if (!dryRun && dirFps && (dirFps.src.length || dirFps.dst.length)) {
-      recordDirFingerprints(report, manifestPath, manifestStat!, ix!, dirFps);
+      if (recordDirFingerprints(manifestPath, manifestStat!, ix!, dirFps)) {
+        report.manifestWritten = true;
+        report.manifestWrite = "spliced";
+      }
       mark("record");
     }
     mirrorRoot(report, dryRun, dirTimes);
@@ -1051,35 +702,7 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
         `not deleting ${p.deletesSkipped.length} entries from the replica as there were read errors in the source`,
     });
   }
-  const deletes =
-    p.ops.filter((o) => (o.op === "delete" || o.op === "rmdir") && !isTempPath(o.path)).length;
-  if (options.maxDelete !== undefined && deletes > options.maxDelete) {
-    throw new RefusedError(
-      `refusing to delete ${deletes} entries (more than --max-delete ${options.maxDelete}); nothing was changed`,
-    );
-  }
-  if (options.maxDeletePercent !== undefined && repCount > 0) {
-    const pct = (deletes / repCount) * 100;
-    if (pct > options.maxDeletePercent) {
-      throw new RefusedError(
-        `refusing to delete ${deletes} of ${repCount} entries (${
-          pct.toFixed(1)
-        }%, more than --max-delete ${options.maxDeletePercent}%); nothing was changed`,
-      );
-    }
-  }
-  // A first sync into a folder mimeo did not make (no manifest beside it) that would delete
-  // most of it: more likely a wrong path (`mimeo build ~`) than a stale copy. Asked for,
-  // with --max-delete, it goes ahead.
-  if (
-    !manifestStat && replicaExists && options.maxDelete === undefined &&
-    options.maxDeletePercent === undefined && deletes >= FIRST_SYNC_DELETE_MIN &&
-    deletes > repCount * FIRST_SYNC_DELETE_SHARE
-  ) {
-    throw new RefusedError(
-      `refusing a first sync into '${options.replica}' that would delete ${deletes} of its ${repCount} entries (mimeo has no manifest for it, so it did not make it; is the path right?); nothing was changed. To mirror into it anyway, pass --max-delete 100%`,
-    );
-  }
+  checkDeletes(p, repCount, options, !manifestStat && replicaExists);
 
   const report = newReport(paths, dryRun, outside + src.size);
   report.ops = p.ops;
@@ -1144,72 +767,136 @@ export async function sync(options: SyncOptions): Promise<SyncReport> {
   // (Folder times are not recorded: setting them alone leaves the manifest as it was.)
   const changed = !unchanged && (!old || applied.done > applied.counts.dirtime ||
     applied.failures.length > 0 || !manifestsEqual(old, recorded));
-  // Unchanged: the recorded digest still holds, no need to hash 20k entries again.
-  report.digest = changed ? undefined : old?.digest;
-  // The index is written with the manifest it compiles (it records where each line is),
-  // so a missing or stale one is made by writing the unchanged manifest again.
-  const indexOk = granted("write", indexPath);
-  const indexMissing = !ix && old && indexOk &&
-    !(manifestStat && indexIsCurrent(indexPath, manifestStat));
-  if (changed || indexMissing) {
-    const full = () =>
-      encodeManifest(
-        !roots ? recorded : changed ? spliceManifest(whole(), recorded, roots) : whole(),
-        true,
-      );
-    // Only the roots' part was recorded: the rest is copied from the previous file as is.
-    using previous = changed && roots && ix && manifestStat
-      ? openPreviousManifest(manifestPath, manifestStat, ix)
-      : undefined;
-    const write = (enc: EncodedManifest) => {
-      report.digest = enc.digest;
-      const e = writeReplicaManifest(manifestPath, enc, indexOk);
-      report.manifestWrite = enc.previous ? "spliced" : "full";
-      return e;
-    };
-    try {
-      let e: unknown;
-      try {
-        e = write(
-          previous
-            ? encodeSpliced(
-              recorded,
-              roots!,
-              ix!,
-              previous,
-              dirFps,
-              // With a filter, the manifest can lose entries that stay on both sides (now
-              // excluded, left alone): their folders' listings no longer match it, so
-              // their recorded fingerprints must go, as in a run that changed them.
-              p.ops.length === 0 && p.deletesSkipped.length === 0 && !exclude,
-              inIndex!, // (a previous file is opened only with an index and roots)
-            )
-            : full(),
-        );
-      } catch (spliceError) {
-        if (!previous) throw spliceError;
-        // The file did not match its index after all (nothing was replaced): in full.
-        e = write(full());
-      }
-      report.manifestWritten = true;
-      if (e) {
-        logEvent("debug", {
-          event: "index-failed",
-          path: indexPath,
-          message: `cannot write the manifest index: ${
-            errorMessage(e)
-          } (the next run reads the manifest)`,
-        });
-      }
-    } catch (e) {
-      // The previous manifest is still in place (atomic write) and still safe to use: the
-      // next run checks every entry against the replica's stat before trusting it.
-      recordFailure(report.failures, "manifest", manifestPath, e, "cannot write the manifest: ");
-    }
-  }
-  report.digest ??= treeDigest((roots ? whole() : recorded).entries);
+  const record = writeRecord({
+    manifestPath,
+    manifestStat,
+    ix,
+    roots,
+    inIndex,
+    old,
+    whole,
+    recorded,
+    changed,
+    dirFps,
+    // With a filter, the manifest can lose entries that stay on both sides (now excluded,
+    // left alone): their folders' listings no longer match it, so their recorded
+    // fingerprints must go, as in a run that changed them.
+    untouched: p.ops.length === 0 && p.deletesSkipped.length === 0 && !exclude,
+    failures: report.failures,
+  });
+  report.digest = record.digest;
+  report.manifestWrite = record.written;
+  report.manifestWritten = record.written !== undefined;
   mark("record");
   return finish(report, t0, marks);
+}
+
+/** What the quick checks of both sides found (see {@linkcode quickStage}). */
+interface QuickStage {
+  /** The index (undefined: there is none, or it is stale or damaged). */
+  ix?: ManifestIndex;
+  /**
+   * `nothing`: both sides match the manifest; `changes`: only `only` may differ; `none`:
+   * no quick check (the run scans both sides in full).
+   */
+  quick: "none" | "changes" | "nothing";
+  /** The paths that may differ, both sides' together. */
+  only?: string[];
+  /**
+   * What each side's quick check found: only that is scanned again on that side (the rest
+   * of the side matches the manifest, which is what the quick check established).
+   */
+  sideOnly?: { src: string[]; rep: string[] };
+  /** Folder fingerprints each side's check proposes (see `recordDirFingerprints`). */
+  dirFps?: DirFps;
+  /** Folder times each side's check found (path → mtime). */
+  quickTimes?: { src: Map<string, number>; rep: Map<string, number> };
+  /** The folders whose two times differ (path → the source's). */
+  timesDiffer?: Map<string, number>;
+  /** Whether the replica was checked on the second core. */
+  inWorker: boolean;
+}
+
+/**
+ * Check both sides against the manifest index by stat alone (see quick_check.ts): the
+ * source here, the replica on the second core when the manifest is large. The worker
+ * starts first (it reads the index itself) so that its start-up overlaps this thread's
+ * reading of the index; with no index file, it is not started.
+ */
+async function quickStage(q: {
+  source: string;
+  replica: string;
+  indexPath: string;
+  manifestStat: Deno.FileInfo;
+  exclude?: PathFilter;
+  repExclude?: PathFilter;
+  repFilter?: FilterOptions;
+  now: number;
+  dirTimes: boolean;
+  minBytes: number;
+  signal?: AbortSignal;
+  mark: (phase: string) => void;
+}): Promise<QuickStage> {
+  const { indexPath, manifestStat, now, signal } = q;
+  const inWorker = manifestStat.size >= q.minBytes && exists(indexPath)
+    ? quickCheckInWorker({
+      root: q.replica,
+      filter: q.repFilter,
+      indexPath,
+      manifestStat,
+      now,
+    }, signal).catch((e) => {
+      if (signal?.aborted) throw e;
+      return "failed" as const;
+    })
+    : undefined;
+  const ix = readIndex(indexPath, manifestStat);
+  if (!ix) {
+    // With a stale or damaged index the worker finds it unusable too, answers and ends.
+    inWorker?.catch(() => {});
+    return { quick: "none", inWorker: false };
+  }
+  q.mark("index");
+  const check = (root: string, side: "source" | "replica") =>
+    quickCheck(root, ix, {
+      side,
+      exclude: side === "source" ? q.exclude : q.repExclude,
+      now,
+      signal,
+    });
+  const srcFound = check(q.source, "source");
+  q.mark("quickSource");
+  let repFound = await inWorker;
+  const repInWorker = inWorker !== undefined && repFound !== "failed";
+  if (!repInWorker) repFound = check(q.replica, "replica");
+  q.mark("quick");
+  if (!srcFound || !repFound || repFound === "failed") {
+    return { ix, quick: "none", inWorker: repInWorker };
+  }
+  const only = [...srcFound.changed, ...repFound.changed];
+  let quickTimes: QuickStage["quickTimes"];
+  let timesDiffer: Map<string, number> | undefined;
+  if (q.dirTimes) {
+    quickTimes = {
+      src: timesByPath(ix, srcFound.dirTimes),
+      rep: timesByPath(ix, repFound.dirTimes),
+    };
+    timesDiffer = new Map();
+    for (const [p, t] of quickTimes.src) {
+      const r = quickTimes.rep.get(p);
+      if (r !== undefined && r !== t) timesDiffer.set(p, t);
+    }
+  }
+  return {
+    ix,
+    quick: only.length || timesDiffer?.size ? "changes" : "nothing",
+    only,
+    sideOnly: { src: srcFound.changed, rep: repFound.changed },
+    dirFps: { src: srcFound.dirFps, dst: repFound.dirFps },
+    quickTimes,
+    timesDiffer,
+    inWorker: repInWorker,
+  };
 }
 
 /**

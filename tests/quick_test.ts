@@ -30,7 +30,7 @@ import {
 import { quickCheck } from "../lib/quick_check.ts";
 import type { CacheRecord } from "../lib/manifest.ts";
 import type { Node } from "../lib/types.ts";
-import { indexPart, manifestPart, normalizeOnly, spliceManifest } from "../lib/sync.ts";
+import { indexPart, manifestPart, normalizeOnly, spliceManifest } from "../lib/partial.ts";
 import {
   ageTree,
   assert,
