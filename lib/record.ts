@@ -303,7 +303,6 @@ export function writeRecord(r: RecordInput): RecordResult {
       } catch (spliceError) {
         if (!previous) throw spliceError;
         // The file did not match its index after all (nothing was replaced): in full.
-        written = undefined;
         e = write(full());
       }
       if (e) {
@@ -316,7 +315,6 @@ export function writeRecord(r: RecordInput): RecordResult {
         });
       }
     } catch (e) {
-      written = undefined;
       recordFailure(r.failures, "manifest", manifestPath, e, "cannot write the manifest: ");
     }
   }
