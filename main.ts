@@ -5,7 +5,8 @@
  * @module
  */
 import { eventOf } from "./lib/apply.ts";
-import { type Command, COMMAND_HELP, HELP, parseCommand, VERSION } from "./lib/cli.ts";
+import { type Command, COMMAND_HELP, HELP, isLoopback, parseCommand, VERSION } from "./lib/cli.ts";
+import { isRemoteUrl } from "./lib/replica/remote/protocol.ts";
 import {
   BusyError,
   errorMessage,
@@ -28,7 +29,7 @@ import { type Op } from "./lib/plan.ts";
 import { validatePaths } from "./lib/paths.ts";
 import { createProgress } from "./lib/progress.ts";
 import { summaryFields, sync, type SyncOptions } from "./lib/sync.ts";
-import { buildManifest, verify } from "./lib/verify.ts";
+import { buildManifest, verify, type VerifyReport } from "./lib/verify.ts";
 import { runPeriodic } from "./lib/watch.ts";
 import { runWatch } from "./lib/watch_fs.ts";
 import { trapSignals } from "./lib/signals.ts";
@@ -64,11 +65,45 @@ function printPlan(ops: Op[], json: boolean, summary: Record<string, unknown>): 
   out(lines.join("\n") + "\n");
 }
 
+/**
+ * A remote replica's token: the first line of --token-file, else `MIMEO_TOKEN` (when Deno
+ * lets mimeo read it), else none.
+ */
+function readToken(tokenFile: string | undefined, flag = "--token-file"): string | undefined {
+  if (tokenFile !== undefined) {
+    let text: string;
+    try {
+      text = Deno.readTextFileSync(tokenFile);
+    } catch (e) {
+      throw new UsageError(`Cannot read ${flag} '${tokenFile}': ${errorMessage(e)}`);
+    }
+    const token = text.split(/\r?\n/)[0].trim();
+    if (!token) throw new UsageError(`${flag} '${tokenFile}' is empty`);
+    return token;
+  }
+  const env = Deno.permissions.querySync({ name: "env", variable: "MIMEO_TOKEN" });
+  return env.state === "granted" ? Deno.env.get("MIMEO_TOKEN") || undefined : undefined;
+}
+
+/**
+ * A local run never uses the network: what `deno task sync` grants for remote replicas is
+ * given up first (and the token variable with it).
+ */
+function stayOffTheNetwork(): void {
+  Deno.permissions.revokeSync({ name: "net" });
+  Deno.permissions.revokeSync({ name: "env", variable: "MIMEO_TOKEN" });
+}
+
 async function runSync(cmd: Extract<Command, { command: "sync" | "plan" }>): Promise<number> {
   const dryRun = cmd.command === "plan" || cmd.dryRun;
   const isSync = cmd.command === "sync" ? cmd : undefined;
+  const remote = isRemoteUrl(cmd.replica);
   // Refuse bad paths before anything (even the log file) is created.
-  validatePaths(cmd.source, cmd.replica, cmd.manifest, { logFile: isSync?.log, writes: !dryRun });
+  if (!remote) {
+    stayOffTheNetwork();
+    validatePaths(cmd.source, cmd.replica, cmd.manifest, { logFile: isSync?.log, writes: !dryRun });
+  }
+  const token = remote ? readToken(cmd.tokenFile) : undefined;
   let close: () => void;
   try {
     close = await configureLogging({
@@ -108,6 +143,8 @@ async function runSync(cmd: Extract<Command, { command: "sync" | "plan" }>): Pro
     signal: ac.signal,
     logFile: isSync?.log,
     progress: progress?.update,
+    token,
+    caFile: cmd.caFile,
   };
 
   /** One run; in a loop, failures are logged and the loop goes on. */
@@ -217,7 +254,31 @@ async function runManifest(cmd: Extract<Command, { command: "manifest" }>): Prom
 }
 
 async function runVerify(cmd: Extract<Command, { command: "verify" }>): Promise<number> {
-  const r = await verify(cmd.replica, { manifest: cmd.manifest, exclude: cmd.exclude });
+  let r: VerifyReport;
+  if (isRemoteUrl(cmd.replica)) {
+    if (cmd.manifest) {
+      throw new UsageError(
+        "--manifest names a local file: a remote replica's manifest is kept by its server",
+      );
+    }
+    const { RemoteClient } = await import("./lib/replica/remote/client.ts");
+    const { parseRemote } = await import("./lib/replica/remote/protocol.ts");
+    let loc;
+    try {
+      loc = parseRemote(cmd.replica);
+    } catch (e) {
+      throw new UsageError(errorMessage(e));
+    }
+    const client = new RemoteClient(loc, { token: readToken(cmd.tokenFile), caFile: cmd.caFile });
+    try {
+      r = await client.verify() as VerifyReport;
+    } finally {
+      await client.close();
+    }
+  } else {
+    stayOffTheNetwork();
+    r = await verify(cmd.replica, { manifest: cmd.manifest, exclude: cmd.exclude });
+  }
   if (cmd.json) out(JSON.stringify(r) + "\n");
   else {
     const lines = r.mismatches.map((m) =>
@@ -235,6 +296,73 @@ async function runVerify(cmd: Extract<Command, { command: "verify" }>): Promise<
     out(lines.join("\n") + "\n");
   }
   return r.mismatches.length ? ExitCode.PartialFailure : ExitCode.Ok;
+}
+
+async function runServe(cmd: Extract<Command, { command: "serve" }>): Promise<number> {
+  let dir: string;
+  try {
+    dir = Deno.realPathSync(cmd.dir);
+    if (!Deno.statSync(dir).isDirectory) throw new UsageError(`'${cmd.dir}' is not a folder`);
+  } catch (e) {
+    if (e instanceof MimeoError) throw e;
+    throw new UsageError(`Cannot serve '${cmd.dir}': ${errorMessage(e)}`);
+  }
+  const token = cmd.tokenFile !== undefined ? readToken(cmd.tokenFile) : undefined;
+  const loopback = isLoopback(cmd.hostname);
+  if (!loopback && token === undefined) {
+    throw new UsageError(
+      `refusing to serve ${cmd.hostname} without --token-file: anyone who reaches it could overwrite the replicas`,
+    );
+  }
+  if (!loopback && !cmd.tlsCert && !cmd.allowPlainHttp) {
+    throw new UsageError(
+      `refusing plain HTTP on ${cmd.hostname}: give --tls-cert and --tls-key, or --allow-plain-http if the network is trusted`,
+    );
+  }
+  let tls: { cert: string; key: string } | undefined;
+  if (cmd.tlsCert && cmd.tlsKey) {
+    try {
+      tls = { cert: Deno.readTextFileSync(cmd.tlsCert), key: Deno.readTextFileSync(cmd.tlsKey) };
+    } catch (e) {
+      throw new UsageError(`Cannot read the TLS certificate or key: ${errorMessage(e)}`);
+    }
+  }
+  const close = await configureLogging({
+    console: cmd.verbosity,
+    logFile: cmd.log ? { path: cmd.log } : undefined,
+  });
+  const ac = new AbortController();
+  const untrap = trapSignals(ac, (sig) => {
+    err(`mimeo: ${sig} again; exiting now\n`);
+    Deno.exit(new StoppedError(sig).exitCode);
+  });
+  try {
+    if (token === undefined) {
+      logEvent("warning", {
+        event: "no-auth",
+        message:
+          "serving without a token (--token-file): any program on this machine can write the replicas",
+      });
+    }
+    const { serve } = await import("./lib/server/serve.ts");
+    await serve({
+      dir,
+      hostname: cmd.hostname,
+      port: cmd.port,
+      token,
+      tls,
+      signal: ac.signal,
+      onListen: (url) => {
+        out(`listening on ${url}\n`);
+        logFileEvent("info", { event: "listening", url, dir });
+      },
+    });
+    logEvent("info", { event: "stopped", message: "server stopped" });
+    return ExitCode.Ok;
+  } finally {
+    untrap();
+    close();
+  }
 }
 
 /** Run mimeo with these arguments; returns the exit code. */
@@ -255,6 +383,8 @@ export async function main(argv: string[]): Promise<number> {
       case "plan":
       case "sync":
         return await runSync(cmd);
+      case "serve":
+        return await runServe(cmd);
     }
   } catch (e) {
     if (e instanceof MimeoError) {

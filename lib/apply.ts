@@ -104,6 +104,12 @@ export interface ApplyOptions {
    * entries (left alone, so never planned) is kept, with a warning, not a failure.
    */
   exclude?: PathFilter;
+  /**
+   * Where content comes from when it is not `sourceRoot` (a server placing uploaded or
+   * already held content): writes the file for a `copy`/`update` of `path` into the
+   * target, checks it, and returns the replica's new node. Default: copy from the source.
+   */
+  copy?: (path: string) => Promise<FileNode>;
 }
 
 /** What {@linkcode applyPlan} did. */
@@ -269,7 +275,7 @@ export async function applyPlan(p: Plan, o: ApplyOptions): Promise<ApplyReport> 
           break;
         case "copy":
         case "update":
-          node = await copyFile(op.path, o);
+          node = o.copy ? await o.copy(op.path) : await copyFile(op.path, o);
           bytesCopied += node.size;
           ev.bytes = node.size;
           ev.sha256 = node.sha256;
@@ -406,7 +412,8 @@ export async function applyPlan(p: Plan, o: ApplyOptions): Promise<ApplyReport> 
   };
 
   const ops = p.ops;
-  const helperTarget = asHelperTarget(target);
+  // (The helper thread copies from the source folder: not for content from elsewhere.)
+  const helperTarget = o.copy ? undefined : asHelperTarget(target);
   /** Plan entries already done, ahead of their turn. */
   const doneEarly = new Set<number>();
   for (let k = 0; k < ops.length; k++) {

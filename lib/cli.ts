@@ -26,6 +26,10 @@ export interface MirrorArgs {
   dirTimes: boolean;
   json: boolean;
   verbosity: "quiet" | "normal" | "verbose";
+  /** A remote replica's token file (else `MIMEO_TOKEN`). */
+  tokenFile?: string;
+  /** CA certificates (PEM) to trust for a remote replica's HTTPS. */
+  caFile?: string;
 }
 
 /** A parsed command line. */
@@ -54,9 +58,29 @@ export type Command =
     exclude: string[];
     ignoreFiles: string[];
   }
-  | { command: "verify"; replica: string; manifest?: string; exclude: string[]; json: boolean };
+  | {
+    command: "verify";
+    replica: string;
+    manifest?: string;
+    exclude: string[];
+    json: boolean;
+    tokenFile?: string;
+    caFile?: string;
+  }
+  | {
+    command: "serve";
+    dir: string;
+    hostname: string;
+    port: number;
+    tokenFile?: string;
+    tlsCert?: string;
+    tlsKey?: string;
+    allowPlainHttp: boolean;
+    log?: string;
+    verbosity: "quiet" | "normal" | "verbose";
+  };
 
-const COMMANDS = ["sync", "plan", "manifest", "verify", "help"] as const;
+const COMMANDS = ["sync", "plan", "manifest", "verify", "serve", "help"] as const;
 
 /** Top-level help. */
 export const HELP = `mimeo ${VERSION} - keep a replica folder an exact copy of a source folder
@@ -66,7 +90,10 @@ Usage:
   mimeo plan <source> <replica> [options]     show what a sync would do; change nothing
   mimeo manifest <dir> [--out FILE]           print a folder's manifest and digest
   mimeo verify <replica> [--manifest FILE]    re-hash a replica against its manifest
+  mimeo serve <dir> [--listen HOST:PORT]      serve the folders in <dir> as remote replicas
   mimeo help <command>                        help for one command
+
+A replica is a local folder or a served one: https://HOST:PORT/NAME (see mimeo help serve).
 
 Run with Deno permissions --allow-read --allow-write (nothing else), e.g.
   deno task sync <source> <replica>
@@ -95,6 +122,8 @@ const MIRROR_OPTIONS =
   --json                 machine-readable output on stdout
   -q, --quiet            only warnings and errors on stderr
   -v, --verbose          also debug details on stderr
+  --token-file FILE      a remote replica's token (default: the MIMEO_TOKEN variable)
+  --ca-file FILE         trust these CA certificates (PEM) for a remote replica's HTTPS
 `;
 
 /** Help for each command. */
@@ -146,6 +175,30 @@ Options:
   --manifest FILE        the manifest (default: <replica>.mimeo.json)
   --exclude GLOB         leave out matching paths (repeatable)
   --json                 the report as JSON on stdout
+  --token-file FILE      a remote replica's token (default: the MIMEO_TOKEN variable)
+  --ca-file FILE         trust these CA certificates (PEM) for a remote replica's HTTPS
+
+A remote replica (https://HOST:PORT/NAME) is re-hashed by its server.
+`,
+  serve: `mimeo serve <dir> [options]
+
+Serve every folder directly inside <dir> as a replica, reached as http(s)://HOST:PORT/NAME
+(a NAME that does not exist yet is created by the first sync into it). Each replica's
+manifest is kept beside it in <dir> (NAME.mimeo.json); contents on their way are staged
+in <dir>/.mimeo/NAME/. Prints 'listening on URL' first; SIGINT/SIGTERM stop it cleanly.
+
+Options:
+  --listen HOST:PORT     where to listen (default 127.0.0.1:8730; port 0 picks a free one)
+  --token-file FILE      clients must send this token (its first line); without it only a
+                         loopback address may be served
+  --tls-cert FILE        serve HTTPS with this certificate (PEM) ...
+  --tls-key FILE         ... and key
+  --allow-plain-http     serve plain HTTP on a non-loopback address (the token and the
+                         contents then cross the network in clear)
+  --log FILE             append every event as JSON Lines to FILE
+  -q, --quiet / -v, --verbose
+
+Permissions: --allow-net=HOST:PORT --allow-read=<dir>,FILES --allow-write=<dir>.
 `,
 };
 
@@ -201,6 +254,8 @@ const mirrorOptions = {
   quiet: { type: "boolean", short: "q" },
   verbose: { type: "boolean", short: "v" },
   help: { type: "boolean", short: "h" },
+  "token-file": { type: "string" },
+  "ca-file": { type: "string" },
 } as const;
 
 const syncOptions = {
@@ -261,6 +316,8 @@ function mirrorArgs(
     dirTimes: !v["omit-dir-times"],
     json: !!v.json,
     verbosity: v.quiet ? "quiet" : v.verbose ? "verbose" : "normal",
+    tokenFile: v["token-file"] as string | undefined,
+    caFile: v["ca-file"] as string | undefined,
   };
   for (const [flag, val] of [["--manifest", out.manifest], ["--source", source]] as const) {
     if (val === "") throw new UsageError(`${flag} needs a non-empty path`);
@@ -277,6 +334,28 @@ function mirrorArgs(
     } else out.maxDelete = parseCount(md, "--max-delete", 0);
   }
   return out;
+}
+
+/**
+ * Parse `--listen HOST:PORT` (`[::1]:PORT` for IPv6; port 0 picks a free one).
+ *
+ * @example
+ * ```ts
+ * parseListen("127.0.0.1:0"); // { hostname: "127.0.0.1", port: 0 }
+ * ```
+ */
+export function parseListen(text: string): { hostname: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]+)):(\d{1,5})$/.exec(text);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) {
+    throw new UsageError(`--listen takes HOST:PORT (e.g. 127.0.0.1:8730), got '${text}'`);
+  }
+  return { hostname: m[1] ?? m[2], port };
+}
+
+/** Whether a listen address is on this machine only (loopback). */
+export function isLoopback(hostname: string): boolean {
+  return hostname === "localhost" || hostname === "::1" || /^127\.\d+\.\d+\.\d+$/.test(hostname);
 }
 
 /**
@@ -335,6 +414,8 @@ export function parseCommand(argv: string[]): Command {
         exclude: { type: "string", multiple: true },
         json: { type: "boolean" },
         help: { type: "boolean", short: "h" },
+        "token-file": { type: "string" },
+        "ca-file": { type: "string" },
       });
       if (values.help) return { command: "help", topic: "verify" };
       const [replica] = positionals(pos, ["replica"], "verify");
@@ -344,6 +425,42 @@ export function parseCommand(argv: string[]): Command {
         manifest: values.manifest,
         exclude: values.exclude ?? [],
         json: !!values.json,
+        tokenFile: values["token-file"],
+        caFile: values["ca-file"],
+      };
+    }
+    case "serve": {
+      const { values: v, positionals: pos } = parse(rest, {
+        listen: { type: "string" },
+        "token-file": { type: "string" },
+        "tls-cert": { type: "string" },
+        "tls-key": { type: "string" },
+        "allow-plain-http": { type: "boolean" },
+        log: { type: "string" },
+        quiet: { type: "boolean", short: "q" },
+        verbose: { type: "boolean", short: "v" },
+        help: { type: "boolean", short: "h" },
+      });
+      if (v.help) return { command: "help", topic: "serve" };
+      const [dir] = positionals(pos, ["dir"], "serve");
+      const { hostname, port } = parseListen(v.listen ?? "127.0.0.1:8730");
+      if ((v["tls-cert"] === undefined) !== (v["tls-key"] === undefined)) {
+        throw new UsageError("--tls-cert and --tls-key go together");
+      }
+      if (v.quiet && v.verbose) {
+        throw new UsageError("--quiet and --verbose cannot be used together");
+      }
+      return {
+        command: "serve",
+        dir,
+        hostname,
+        port,
+        tokenFile: v["token-file"],
+        tlsCert: v["tls-cert"],
+        tlsKey: v["tls-key"],
+        allowPlainHttp: !!v["allow-plain-http"],
+        log: v.log,
+        verbosity: v.quiet ? "quiet" : v.verbose ? "verbose" : "normal",
       };
     }
     case "sync": {

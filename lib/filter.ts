@@ -33,7 +33,19 @@ export interface FilterOptions {
  * f("a/x.log", false); // true
  * ```
  */
-export async function buildFilter(options: FilterOptions): Promise<PathFilter | undefined> {
+export function buildFilter(options: FilterOptions): Promise<PathFilter | undefined> {
+  try {
+    return filterOf(filterRules(options));
+  } catch (e) {
+    return Promise.reject(e);
+  }
+}
+
+/**
+ * The rules of {@linkcode buildFilter}'s options: the patterns, then each ignore file's
+ * text (what a remote replica's server is given, to build the same filter).
+ */
+export function filterRules(options: FilterOptions): string[] {
   const rules: string[] = [];
   for (const p of options.patterns ?? []) {
     if (p.trim() === "") throw new UsageError("--exclude needs a non-empty pattern");
@@ -55,6 +67,11 @@ export async function buildFilter(options: FilterOptions): Promise<PathFilter | 
     }
     rules.push(text);
   }
+  return rules;
+}
+
+/** The filter of a list of rules (patterns or whole ignore-file texts); none for no rules. */
+export async function filterOf(rules: string[]): Promise<PathFilter | undefined> {
   if (rules.length === 0) return undefined;
   const { default: ignore } = await import("ignore");
   // Case-sensitive, as rsync's patterns and git's on Linux: the package ignores case by

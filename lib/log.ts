@@ -19,6 +19,7 @@ import {
   type Sink,
   withFilter,
 } from "@logtape/logtape";
+import { AsyncLocalStorage } from "node:async_hooks";
 import { basename, dirname } from "node:path";
 
 /** A structured log event. */
@@ -36,9 +37,23 @@ export function setLogContext(fields: Record<string, unknown>): void {
   fileLogger = getLogger(["mimeo", "file"]).with(fields);
 }
 
+/** A receiver of the events logged inside {@linkcode withEventTap}. */
+export type EventTap = (level: "debug" | "info" | "warning" | "error", ev: LogEvent) => void;
+const taps = new AsyncLocalStorage<EventTap>();
+
+/**
+ * Run `fn` with every event it logs (through {@linkcode logEvent}, in its async context)
+ * also given to `tap`: the server streams a run's events to the client that asked for it,
+ * while runs into other replicas go on at the same time.
+ */
+export function withEventTap<T>(tap: EventTap, fn: () => T): T {
+  return taps.run(tap, fn);
+}
+
 /** Log one event at a level. */
 export function logEvent(level: "debug" | "info" | "warning" | "error", ev: LogEvent): void {
   logger[level]("{event}", ev);
+  taps.getStore()?.(level, ev);
 }
 
 /**

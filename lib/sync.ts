@@ -53,6 +53,7 @@ import {
   scanTree,
 } from "./scan.ts";
 import { hashNode } from "./hash.ts";
+import { isRemoteUrl } from "./replica/remote/protocol.ts";
 import { quickCheckInWorker, scanInWorker } from "./scan_worker.ts";
 import { FsTarget, removeQuietly, yieldToEventLoop } from "./target_fs.ts";
 import { type DirNode, type FileNode, type LinkNode, type ScanIssue, type Tree } from "./types.ts";
@@ -141,6 +142,10 @@ export interface SyncOptions {
    * @default HELPER_MIN_FILES
    */
   helperMinFiles?: number;
+  /** A remote replica's bearer token (`mimeo serve --token-file`). */
+  token?: string;
+  /** A remote replica's CA certificates (PEM file), for a self-signed server certificate. */
+  caFile?: string;
 }
 
 /** Progress of a run. */
@@ -198,7 +203,7 @@ export interface SyncReport {
  * The recorded manifest at `path`, or undefined (with a warning when `replica`, the folder
  * it describes, existed before the run and holds anything: it is rebuilt from the replica).
  */
-function loadManifest(path: string, replica: string | undefined): Manifest | undefined {
+export function loadManifest(path: string, replica: string | undefined): Manifest | undefined {
   try {
     return readManifest(path);
   } catch (e) {
@@ -351,7 +356,7 @@ export function isUnchanged(
 }
 
 /** True when `dir` is a folder with no entries (false when it cannot be listed). */
-function isEmptyDir(dir: string): boolean {
+export function isEmptyDir(dir: string): boolean {
   try {
     return Deno.readDirSync(dir)[Symbol.iterator]().next().done === true;
   } catch {
@@ -450,7 +455,12 @@ function prepareReplica(paths: SyncPaths, given: string, dryRun: boolean): boole
  * of the folder: more likely a wrong path (`mimeo build ~`) than a stale copy. Asked for,
  * with --max-delete, that goes ahead. `repCount`: the replica's entries.
  */
-function checkDeletes(p: Plan, repCount: number, options: SyncOptions, firstInto: boolean): void {
+export function checkDeletes(
+  p: Plan,
+  repCount: number,
+  options: SyncOptions,
+  firstInto: boolean,
+): void {
   const deletes =
     p.ops.filter((o) => (o.op === "delete" || o.op === "rmdir") && !isTempPath(o.path)).length;
   if (options.maxDelete !== undefined && deletes > options.maxDelete) {
@@ -491,6 +501,11 @@ function checkDeletes(p: Plan, repCount: number, options: SyncOptions, firstInto
  * ```
  */
 export async function sync(options: SyncOptions): Promise<SyncReport> {
+  if (isRemoteUrl(options.replica)) {
+    // (Loaded only for a remote replica: a local run never loads the network code.)
+    const { syncRemote } = await import("./replica/remote/sync_remote.ts");
+    return await syncRemote(options);
+  }
   const t0 = performance.now();
   const dryRun = options.dryRun ?? false;
   const paths = validatePaths(options.source, options.replica, options.manifest, {
@@ -899,48 +914,82 @@ async function quickStage(q: {
   };
 }
 
+/** A folder's own permission bits and mtime. */
+export interface RootStat {
+  mode: number;
+  mtime: number;
+}
+
+/** The mode and mtime of the folder `p` (undefined when it cannot be stat'ed). */
+export function rootStat(p: string): RootStat | undefined {
+  try {
+    const st = Deno.statSync(p);
+    return { mode: (st.mode ?? 0) & 0o7777, mtime: mtimeMs(st) };
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * The replica folder's own permission bits and mtime follow the source folder's, as with
  * rsync's `src/ dst/` (a private 0700 source must not become a 0755 replica that anyone
  * can list). The root is not an entry of the trees or the manifest, so these are
  * operations outside the plan, `meta .` and `dirtime .`, applied after it (or only listed,
- * in a dry run).
+ * in a dry run, where `planOps` are the plan's: a time is listed when they change the
+ * root's listing). Pure.
  */
-function mirrorRoot(report: SyncReport, dryRun: boolean, dirTimes: boolean): void {
-  const { source, replica } = report;
-  const statOf = (p: string) => {
-    try {
-      const st = Deno.statSync(p);
-      return { mode: (st.mode ?? 0) & 0o7777, mtime: mtimeMs(st) };
-    } catch {
-      return undefined;
-    }
-  };
-  const want = statOf(source), have = statOf(replica);
-  if (want === undefined || (have === undefined && !dryRun)) return;
+export function rootOps(
+  want: RootStat | undefined,
+  have: RootStat | undefined,
+  dryRun: boolean,
+  dirTimes: boolean,
+  planOps: readonly Op[],
+): (MetaOp | DirtimeOp)[] {
+  if (want === undefined || (have === undefined && !dryRun)) return [];
   const ops: (MetaOp | DirtimeOp)[] = [];
   if (have && want.mode !== have.mode) {
     ops.push({ op: "meta", path: ".", kind: "dir", mode: want.mode });
   }
-  // A dry run lists the time too when its plan would change the root's listing.
-  if (
-    dirTimes && (want.mtime !== have?.mtime || (dryRun && foldersTouched(report.ops).has("")))
-  ) ops.push({ op: "dirtime", path: ".", mtime: want.mtime });
+  if (dirTimes && (want.mtime !== have?.mtime || (dryRun && foldersTouched(planOps).has("")))) {
+    ops.push({ op: "dirtime", path: ".", mtime: want.mtime });
+  }
+  return ops;
+}
+
+/** Apply {@linkcode rootOps} to the replica folder `replica`; failures are recorded. */
+export function applyRootOps(
+  ops: readonly (MetaOp | DirtimeOp)[],
+  replica: string,
+  done: Record<Op["op"], number>,
+  failures: OpFailure[],
+): void {
   if (!ops.length) return;
-  report.ops = [...report.ops, ...ops];
-  if (dryRun) return;
   const target = new FsTarget(replica);
   for (const op of ops) {
     try {
       if (op.op === "meta") target.setMeta(".", "dir", op.mode);
       else target.setDirTime("", op.mtime);
       target.finish();
-      report.done[op.op]++;
+      done[op.op]++;
       logEvent("info", eventOf(op));
     } catch (e) {
-      recordFailure(report.failures, op.op, ".", e);
+      recordFailure(failures, op.op, ".", e);
     }
   }
+}
+
+/** {@linkcode rootOps} for a local run: listed in the report, and applied unless a dry run. */
+function mirrorRoot(report: SyncReport, dryRun: boolean, dirTimes: boolean): void {
+  const ops = rootOps(
+    rootStat(report.source),
+    rootStat(report.replica),
+    dryRun,
+    dirTimes,
+    report.ops,
+  );
+  if (!ops.length) return;
+  report.ops = [...report.ops, ...ops];
+  if (!dryRun) applyRootOps(ops, report.replica, report.done, report.failures);
 }
 
 /**
@@ -952,7 +1001,7 @@ export const FIRST_SYNC_DELETE_SHARE = 0.5;
 export const FIRST_SYNC_DELETE_MIN = 10;
 
 /** A report of a run that did nothing yet. */
-function newReport(paths: SyncPaths, dryRun: boolean, entries: number): SyncReport {
+export function newReport(paths: SyncPaths, dryRun: boolean, entries: number): SyncReport {
   return {
     source: paths.source,
     replica: paths.replica,
@@ -977,7 +1026,7 @@ function newReport(paths: SyncPaths, dryRun: boolean, entries: number): SyncRepo
 }
 
 /** Log the timings and the summary of a finished run (a dry run logs neither). */
-function finish(report: SyncReport, t0: number, marks: Record<string, number>): SyncReport {
+export function finish(report: SyncReport, t0: number, marks: Record<string, number>): SyncReport {
   const check = report.check;
   report.durationMs = performance.now() - t0;
   if (report.dryRun) return report;
