@@ -23,6 +23,11 @@ export const ExitCode = {
    * EX_TEMPFAIL, so a cron wrapper can tell a skipped run from a refused one).
    */
   Busy: 75,
+  /**
+   * A remote replica's server could not be reached, or was lost during the run (sysexits'
+   * EX_UNAVAILABLE); the next run repairs what was left.
+   */
+  Unavailable: 69,
   /** Stopped by SIGINT after a clean stop. */
   Interrupted: 130,
   /** Stopped by SIGTERM after a clean stop. */

@@ -401,9 +401,10 @@ function summaryText(r: SyncReport): string {
     : "nothing to do";
   const fails = (r.failures.length ? `, ${r.failures.length} failed` : "") +
     (unreadable ? `, ${unreadable} unreadable` : "");
-  return `${head}: ${what}${fails}; ${
-    formatBytes(r.bytesCopied)
-  } copied, ${r.entries} entries, ${secs} s`;
+  // (Into a remote replica, what crossed the network: renames and held contents cost nothing.)
+  return `${head}: ${what}${fails}; ${formatBytes(r.bytesCopied)} ${
+    isRemoteUrl(r.replica) ? "sent" : "copied"
+  }, ${r.entries} entries, ${secs} s`;
 }
 
 /**

@@ -23,6 +23,7 @@ import {
   tempDir,
   waitFor,
 } from "./helpers.ts";
+import { CLIENT_PERMS, type Server, startServer } from "./remote_helpers.ts";
 
 const SEED = envInt("MIMEO_SEED", 1);
 const KILLS = envInt("MIMEO_KILLS", 4);
@@ -195,15 +196,27 @@ interface KillOutcome {
   ms: number;
 }
 
-/** Start a sync and SIGKILL it after `delayMs` (unless it ended before). */
-async function killedSync(s: Sandbox, delayMs: number): Promise<KillOutcome> {
+/**
+ * Start a sync and SIGKILL it after `delayMs` (unless it ended before). With `remote`,
+ * the sync goes to that server's `dst`, and `remote.killServer` kills the server instead.
+ */
+async function killedSync(
+  s: Sandbox,
+  delayMs: number,
+  remote?: { server: Server; killServer: boolean },
+): Promise<KillOutcome> {
   const t0 = performance.now();
-  const child = spawnMimeo(["sync", s.src, s.dst, "--quiet"]);
+  const child = remote
+    ? spawnMimeo(["sync", s.src, `${remote.server.url}/dst`, "--quiet"], {
+      permissions: CLIENT_PERMS,
+    })
+    : spawnMimeo(["sync", s.src, s.dst, "--quiet"]);
   const ended = await Promise.race([
     child.status.then(() => true),
     sleep(delayMs).then(() => false),
   ]);
-  if (!ended) {
+  if (!ended && remote?.killServer) await remote.server.kill();
+  else if (!ended) {
     try {
       child.kill("SIGKILL");
     } catch { /* it ended just now */ }
@@ -216,11 +229,15 @@ async function killedSync(s: Sandbox, delayMs: number): Promise<KillOutcome> {
     e.name.startsWith("dst.mimeo.json.")
   );
   const outcome = r.code === 137 ? "KILLED" : `exited ${r.code}`;
-  const line = `kill at ${Math.round(delayMs)} ms: ${outcome} after ${ms} ms; ` +
+  const line =
+    `kill${remote?.killServer ? " of the server" : ""} at ${
+      Math.round(delayMs)
+    } ms: ${outcome} after ${ms} ms; ` +
     `replica ${ents.length} entries, ${temps} temp files; ` +
     `manifest ${exists(s.manifest) ? "present" : "absent"}` +
     (manTemps.length ? `; LEFT BESIDE: ${manTemps.map((e) => e.name).join(", ")}` : "");
-  return { line, killed: r.code === 137, entries: ents.length, ms };
+  const killed = remote?.killServer ? !ended : r.code === 137;
+  return { line, killed, entries: ents.length, ms };
 }
 
 /** One complete sync after a crash, with every check. */
@@ -228,9 +245,16 @@ async function recover(
   s: Sandbox,
   srcBefore: Record<string, SnapEntry>,
   ctx: string,
+  url?: string,
 ): Promise<string> {
   const t0 = performance.now();
-  const r = await mimeo(["sync", s.src, s.dst, "--quiet"]);
+  const cli = url ? { permissions: CLIENT_PERMS } : {};
+  let r = await mimeo(["sync", s.src, url ?? s.dst, "--quiet"], cli);
+  // (A killed client's session is let go as soon as the server sees its connection close.)
+  for (let i = 0; url && r.code === 75 && i < 50; i++) {
+    await sleep(100);
+    r = await mimeo(["sync", s.src, url, "--quiet"], cli);
+  }
   const ms = Math.round(performance.now() - t0);
   assert(r.code === 0, `${ctx}\nrecovery sync failed: ${cliText(r)}`);
   const srcNow = snapshot(s.src, { root: true });
@@ -238,7 +262,7 @@ async function recover(
   const rep = snapshot(s.dst, { root: true });
   assertSame(rep, srcNow, `${ctx}\nreplica differs from source after the recovery sync`);
   assertEquals(Object.keys(rep).filter(isTemp), [], `${ctx}\ntemporary files left`);
-  const v = await mimeo(["verify", s.dst]);
+  const v = await mimeo(["verify", url ?? s.dst], cli);
   assert(v.code === 0, `${ctx}\nverify failed after the recovery sync: ${cliText(v)}`);
   return `recovery sync ${ms} ms: ok`;
 }
@@ -341,5 +365,48 @@ Deno.test("crash: SIGTERM and SIGINT stop cleanly (exit 143 / 130)", async () =>
     console.log(
       `${sig}: exit ${code} with ${entries.length} replica entries (${files} files); ${rec}`,
     );
+  }
+});
+
+Deno.test(`crash: SIGKILL of the client, and of the server, during syncs into a remote replica (MIMEO_SEED=${SEED}, MIMEO_KILLS=${KILLS})`, async () => {
+  await using tmp = await tempDir("mimeo-crash-remote-");
+  const s = sandbox(tmp.path);
+  const rng = new Rng(SEED + 500);
+  buildSource(rng, s.src);
+  let srcSnap = snapshot(s.src, { root: true });
+  const report: string[] = [];
+  const ctx = (what: string) => `[remote crash MIMEO_SEED=${SEED}] ${what}\n${report.join("\n")}`;
+  // The server serves the sandbox's folder: the replica is its `dst`, as locally.
+  let server = await startServer(s.base);
+  try {
+    const t0 = performance.now();
+    const url = () => `${server.url}/dst`;
+    const first = await mimeo(["sync", s.src, url(), "--quiet"], { permissions: CLIENT_PERMS });
+    assert(first.code === 0, cliText(first));
+    const full = performance.now() - t0;
+    report.push(`full first sync: ${Math.round(full)} ms`);
+    let landed = 0;
+    // The sweep follows the length of these later syncs, learnt from any that ended first.
+    let later = full * 0.4;
+    for (let k = 0; k < KILLS * 2; k++) {
+      const killServer = k % 2 === 1;
+      const changes = bigChanges(rng, s.src, k);
+      srcSnap = snapshot(s.src, { root: true });
+      report.push(`round ${k} changes: ${changes.join("; ")}`);
+      const delay = 80 + (later - 80) * (Math.floor(k / 2) + rng.next()) / KILLS;
+      const o = await killedSync(s, delay, { server, killServer });
+      report.push(o.line);
+      if (o.killed) landed++;
+      else later = Math.max(200, o.ms * 0.9);
+      if (killServer) server = await startServer(s.base);
+      report.push(`  ${await recover(s, srcSnap, ctx(`round ${k}`), url())}`);
+      const left = [...Deno.readDirSync(`${s.base}/.mimeo/dst/stage`)]
+        .filter((e) => !e.name.endsWith(".part"));
+      assertEquals(left.map((e) => e.name), [], ctx("staged contents left after a good run"));
+    }
+    assert(landed > 0, ctx("no kill landed during a sync"));
+    console.log(report.join("\n"));
+  } finally {
+    await server.kill();
   }
 });

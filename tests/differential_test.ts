@@ -24,9 +24,12 @@ import {
   tempDir,
   writeTree,
 } from "./helpers.ts";
+import { CLIENT_PERMS, startServer } from "./remote_helpers.ts";
 
 const SEED = envInt("MIMEO_SEED", 1);
 const ROUNDS = envInt("MIMEO_ROUNDS", 80);
+/** Rounds of the same loop into a remote replica. */
+const REMOTE_ROUNDS = envInt("MIMEO_REMOTE_ROUNDS", 30);
 /** Run `verify` after every this many rounds. */
 const VERIFY_EVERY = 3;
 /** Tamper with the replica before every this many rounds. */
@@ -668,16 +671,22 @@ interface Sandbox {
   dst: string;
   outside: string;
   manifest: string;
+  /** A remote replica's URL (the server serves `dst`'s folder): what the CLI is given. */
+  url?: string;
+  /** Where `dst` and its manifest are (`base`, or the served folder). */
+  home: string;
 }
 
-function makeSandbox(base: string): Sandbox {
-  const s = {
+function makeSandbox(base: string, home = base): Sandbox {
+  const s: Sandbox = {
     base,
+    home,
     src: `${base}/src`,
-    dst: `${base}/dst`,
+    dst: `${home}/dst`,
     outside: `${base}/outside`,
-    manifest: `${base}/dst.mimeo.json`,
+    manifest: `${home}/dst.mimeo.json`,
   };
+  Deno.mkdirSync(home, { recursive: true });
   Deno.mkdirSync(s.src);
   writeTree(s.outside, {
     "victim/a.txt": "outside: must never be written\n",
@@ -695,7 +704,8 @@ async function checkedSync(
 ): Promise<void> {
   const srcBefore = snapshot(s.src, { root: true });
   const outsideBefore = snapshot(s.outside);
-  const r = await mimeo(["sync", s.src, s.dst, "--quiet", ...(opts.extra ?? [])]);
+  const cli = s.url ? { permissions: CLIENT_PERMS } : {};
+  const r = await mimeo(["sync", s.src, s.url ?? s.dst, "--quiet", ...(opts.extra ?? [])], cli);
   assert(r.code === 0, `${ctx()}\nsync failed: ${cliText(r)}`);
   const srcAfter = snapshot(s.src, { root: true });
   assertSame(srcAfter, srcBefore, `${ctx()}\nthe sync changed the SOURCE`, ["now", "before"]);
@@ -703,7 +713,7 @@ async function checkedSync(
   assertSame(rep, srcAfter, `${ctx()}\nreplica differs from source`, ["replica", "source"]);
   const temps = Object.keys(rep).filter((p) => p.split("/").pop()!.startsWith(".mimeo-tmp-"));
   assertEquals(temps, [], `${ctx()}\ntemporary files left in the replica`);
-  const beside = [...Deno.readDirSync(s.base)].map((e) => e.name)
+  const beside = [...Deno.readDirSync(s.home)].map((e) => e.name)
     .filter((n) => n.startsWith("dst.mimeo.json.tmp") || n.startsWith("dst.mimeo.idx.tmp"));
   assertEquals(beside, [], `${ctx()}\ntemporary manifest files left beside the replica`);
   assertSame(
@@ -713,7 +723,7 @@ async function checkedSync(
     ["now", "before"],
   );
   if (opts.verify) {
-    const v = await mimeo(["verify", s.dst]);
+    const v = await mimeo(["verify", s.url ?? s.dst], cli);
     assert(v.code === 0, `${ctx()}\nverify failed: ${cliText(v)}`);
   }
 }
@@ -744,6 +754,30 @@ Deno.test(`differential: ${ROUNDS} random rounds (MIMEO_SEED=${SEED})`, async ()
     }
     await checkedSync(s, context("random", round, fz.log), {
       verify: round % VERIFY_EVERY === 0 || round === ROUNDS,
+    });
+    fz.manifests.push(Deno.readTextFileSync(s.manifest));
+    if (fz.manifests.length > 4) fz.manifests.shift();
+  }
+});
+
+Deno.test(`differential: ${REMOTE_ROUNDS} random rounds into a remote replica (MIMEO_SEED=${SEED})`, async () => {
+  await using tmp = await tempDir("mimeo-diff-remote-");
+  const s = makeSandbox(tmp.path, `${tmp.path}/served`);
+  await using server = await startServer(s.home);
+  s.url = `${server.url}/dst`;
+  const rng = new Rng(SEED + 1000);
+  const fz = new Fuzzer(rng, s.src, s.dst, s.outside);
+  fz.initial();
+  fz.log.unshift("initial random tree");
+  for (let round = 1; round <= REMOTE_ROUNDS; round++) {
+    if (round > 1) {
+      fz.log = [];
+      fz.mutateSource(rng.int(2, 9));
+      if (round % TAMPER_EVERY === 0) fz.tamper(rng.int(1, 4), s.manifest);
+      if (!fz.ents().length) fz.addFile();
+    }
+    await checkedSync(s, context("remote", round, fz.log), {
+      verify: round % VERIFY_EVERY === 0 || round === REMOTE_ROUNDS,
     });
     fz.manifests.push(Deno.readTextFileSync(s.manifest));
     if (fz.manifests.length > 4) fz.manifests.shift();

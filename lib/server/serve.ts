@@ -263,7 +263,7 @@ export async function serve(o: ServeOptions): Promise<void> {
     const s = new Session(name, root, manifestPath, store, dryRun, lock);
     sessions.set(s.id, s);
     s.onClose(() => sessions.delete(s.id));
-    req.signal.addEventListener("abort", () => s.close(), { once: true });
+    // (A client that goes away is seen when the session's stream is cancelled.)
     try {
       s.patterns = exclude as string[];
       s.exclude = await filterOf(s.patterns);

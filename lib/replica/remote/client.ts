@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { BusyError, errorMessage, MimeoError, UsageError } from "../../errors.ts";
+import { BusyError, errorMessage, ExitCode, MimeoError, UsageError } from "../../errors.ts";
 import { VERSION } from "../../cli.ts";
 import {
   type ApplyLine,
@@ -24,7 +24,7 @@ import {
 /** The server could not be reached, or failed while serving the run (exit 69). */
 export class RemoteError extends MimeoError {
   constructor(message: string) {
-    super(message, 69);
+    super(message, ExitCode.Unavailable);
   }
 }
 
