@@ -11,6 +11,7 @@ import {
   waitFor,
   writeTree,
 } from "./helpers.ts";
+import { CLIENT_PERMS, startServer } from "./remote_helpers.ts";
 
 const TIMEOUT = 15_000;
 
@@ -60,6 +61,35 @@ Deno.test("--watch mirrors every kind of change as it happens", async () => {
         Deno.removeSync(`${src}/empty`, { recursive: true });
         Deno.writeTextFileSync(`${src}/empty`, "now a file");
       }],
+    ];
+    for (const [what, change] of steps) {
+      change();
+      await untilMirrored(src, dst, what);
+    }
+  } finally {
+    const r = await stop(child);
+    assertEquals(r.code, 143, r.stderr);
+  }
+});
+
+Deno.test("--watch into a remote replica mirrors each change on the server", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, srv = `${d.path}/srv`;
+  Deno.mkdirSync(srv);
+  writeTree(src, { "a.txt": "a", "dir/b.txt": "b" });
+  await using server = await startServer(srv);
+  const dst = `${srv}/r`;
+  const child = spawnMimeo(
+    ["sync", src, `${server.url}/r`, "--watch", "--debounce", "100ms", "-q"],
+    { permissions: CLIENT_PERMS },
+  );
+  try {
+    await untilMirrored(src, dst, "initial sync");
+    const steps: [string, () => void][] = [
+      ["create a file", () => Deno.writeTextFileSync(`${src}/new.txt`, "new")],
+      ["modify a file", () => Deno.writeTextFileSync(`${src}/a.txt`, "a, longer now")],
+      ["rename a folder", () => Deno.renameSync(`${src}/dir`, `${src}/dir2`)],
+      ["delete a file", () => Deno.removeSync(`${src}/new.txt`)],
     ];
     for (const [what, change] of steps) {
       change();
