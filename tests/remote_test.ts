@@ -131,7 +131,19 @@ Deno.test("remote: a renamed folder and a duplicated file send no content; a lar
   assertEquals(edit.code, 0, cliText(edit));
   const se = summary(edit.stdout);
   assertEquals((se.done as Record<string, number>).update, 1);
-  assert((se.bytes as number) < 2 * 1024 * 1024, `sent ${se.bytes} bytes for a 1 KiB edit`);
+  assert((se.bytes as number) < 600 * 1024, `sent ${se.bytes} bytes for a 1 KiB edit`);
+  assertMirror(src, `${srv}/r`);
+  // 100 bytes inserted at 3 MiB: every byte after it moves, and still only chunks near it go.
+  const now = Deno.readFileSync(`${src}/data/big.bin`);
+  const ins = new Uint8Array(now.length + 100);
+  ins.set(now.subarray(0, 3 << 20));
+  ins.set(randomBytes(100), 3 << 20);
+  ins.set(now.subarray(3 << 20), (3 << 20) + 100);
+  Deno.writeFileSync(`${src}/data/big.bin`, ins);
+  const shifted = await mimeo(["sync", src, url, "--json"], P);
+  assertEquals(shifted.code, 0, cliText(shifted));
+  const sh = summary(shifted.stdout).bytes as number;
+  assert(sh < 600 * 1024, `sent ${sh} bytes for a 100-byte insertion`);
   assertMirror(src, `${srv}/r`);
 
   Deno.renameSync(`${src}/data`, `${src}/moved`);

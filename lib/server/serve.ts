@@ -39,6 +39,7 @@ import {
   encodeTree,
   isReplicaName,
   isSha256,
+  isWirePath,
   LIMITS,
   type NeedAnswer,
   type NeedItem,
@@ -47,9 +48,10 @@ import {
   PROTOCOL_HEADER,
   PROTOCOL_VERSION,
   ProtocolError,
+  type Recipe,
   SESSION_HEADER,
 } from "../replica/remote/protocol.ts";
-import { CHUNKED_MIN_BYTES, type ChunkRef } from "../source/chunker.ts";
+import { CHUNKED_MIN_BYTES, packChunks } from "../source/chunker.ts";
 import { applyRootOps, rootOps, rootStat } from "../sync.ts";
 import type { FileNode, Tree } from "../types.ts";
 import { verify } from "../verify.ts";
@@ -79,6 +81,9 @@ class HttpError extends Error {
     super(message);
   }
 }
+
+const isUint = (v: unknown): v is number =>
+  typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
 
 /** How often an open session's stream sends a keep-alive line. */
 const KEEPALIVE_MS = 5000;
@@ -354,33 +359,32 @@ export async function serve(o: ServeOptions): Promise<void> {
     const tree = s.state!.tree;
     const held = new Set<string>();
     for (const n of tree.values()) if (n.type === "file" && n.sha256) held.add(n.sha256);
-    const updates: string[] = [];
-    for (const it of body.items) {
-      if (!isSha256(it?.sha256) || typeof it.size !== "number" || typeof it.path !== "string") {
-        throw new HttpError(400, "bad need item");
-      }
-      if (it.chunks) updates.push(it.path);
-    }
-    const places = updates.length ? s.store.chunkPlaces(tree, s.root, updates) : new Map();
-    const answer: NeedAnswer = { whole: [], chunked: [] };
+    const answer: NeedAnswer = { whole: [], basis: [] };
     const asked = new Set<string>();
     for (const it of body.items) {
+      if (!isSha256(it?.sha256) || !isUint(it.size) || !isWirePath(it.path)) {
+        throw new HttpError(400, "bad need item");
+      }
       if (asked.has(it.sha256) || held.has(it.sha256) || s.store.has(it.sha256)) continue;
       asked.add(it.sha256);
-      if (it.chunks && Array.isArray(it.chunks)) {
-        const chunks = validChunks(it.chunks, it.size);
-        const reusable = chunks.filter(([, c]) => places.has(c) || s.store.has(c));
-        if (reusable.length > 0) {
-          const missing = [
-            ...new Set(
-              chunks.filter(([, c]) => !places.has(c) && !s.store.has(c)).map(([, c]) => c),
-            ),
-          ];
-          answer.chunked.push({ sha256: it.sha256, missing });
-          continue;
+      answer.whole.push({ sha256: it.sha256, have: s.store.partSize(it.sha256) });
+      // The file it replaces, if large, is a basis: its chunk list goes back to the client.
+      const old = it.delta ? tree.get(it.path) : undefined;
+      if (old?.type === "file" && old.sha256 && old.size >= CHUNKED_MIN_BYTES) {
+        try {
+          const list = s.store.chunkList(old.sha256, `${s.root}/${it.path}`);
+          if (list) {
+            answer.basis.push({ sha256: it.sha256, base: old.sha256, chunks: packChunks(list) });
+          }
+        } catch (e) {
+          logEvent("debug", {
+            event: "basis-failed",
+            path: it.path,
+            error: errorMessage(e),
+            message: `no basis for '${it.path}': ${errorMessage(e)}`,
+          });
         }
       }
-      answer.whole.push({ sha256: it.sha256, have: s.store.partSize(it.sha256) });
     }
     return json(answer);
   }
@@ -445,10 +449,10 @@ export async function serve(o: ServeOptions): Promise<void> {
       if (e instanceof ProtocolError) throw new HttpError(400, e.message);
       throw e;
     }
-    const recipes = new Map<string, ChunkRef[]>();
+    const recipes = new Map<string, Recipe>();
     for (const [sha, r] of Object.entries(body.recipes ?? {})) {
       if (!isSha256(sha)) throw new HttpError(400, "bad recipe");
-      recipes.set(sha, validChunks(r, Infinity));
+      recipes.set(sha, validRecipe(r));
     }
     const rootWant = body.root;
     if (
@@ -662,23 +666,19 @@ export async function serve(o: ServeOptions): Promise<void> {
   await server.finished;
 }
 
-/** Validate a chunk list from a client (lengths within bounds; summing to `size` when known). */
-function validChunks(raw: unknown, size: number): ChunkRef[] {
-  if (!Array.isArray(raw) || raw.length > 1 << 24) throw new HttpError(400, "bad chunk list");
-  let total = 0;
-  for (const c of raw) {
+/** Validate a recipe from a client (pieces within bounds). */
+function validRecipe(raw: unknown): Recipe {
+  const r = raw as Partial<Recipe>;
+  if (!r || !isSha256(r.base) || !Array.isArray(r.pieces) || r.pieces.length > 1 << 24) {
+    throw new HttpError(400, "bad recipe");
+  }
+  for (const p of r.pieces) {
     if (
-      !Array.isArray(c) || !Number.isSafeInteger(c[0]) || c[0] <= 0 || c[0] > 16 << 20 ||
-      !isSha256(c[1])
-    ) {
-      throw new HttpError(400, "bad chunk list");
-    }
-    total += c[0];
+      !Array.isArray(p) || p.length !== 2 || !isUint(p[1]) || p[1] === 0 || p[1] > 1 << 30 ||
+      !(isUint(p[0]) || isSha256(p[0]))
+    ) throw new HttpError(400, "bad recipe");
   }
-  if (size !== Infinity && total !== size) {
-    throw new HttpError(400, "chunk list does not add up to the size");
-  }
-  return raw as ChunkRef[];
+  return r as Recipe;
 }
 
 /**
@@ -686,13 +686,12 @@ function validChunks(raw: unknown, size: number): ChunkRef[] {
  * operations place, from the store, from chunks, or from the replica's own copy. A content
  * that cannot be staged is left out: its operation fails, with the reason in the log.
  */
-function prepareContents(s: Session, copies: CopyOp[], recipes: Map<string, ChunkRef[]>): void {
+function prepareContents(s: Session, copies: CopyOp[], recipes: Map<string, Recipe>): void {
   const tree = s.state!.tree;
   const pathOfSha = new Map<string, string>();
   for (const [p, n] of tree) {
     if (n.type === "file" && n.sha256 && !pathOfSha.has(n.sha256)) pathOfSha.set(n.sha256, p);
   }
-  let places: ReturnType<ContentStore["chunkPlaces"]> | undefined;
   for (const op of copies) {
     const sha = op.sha256!;
     if (s.store.has(sha)) continue;
@@ -703,13 +702,8 @@ function prepareContents(s: Session, copies: CopyOp[], recipes: Map<string, Chun
         continue;
       }
       const recipe = recipes.get(sha);
-      if (recipe) {
-        places ??= s.store.chunkPlaces(tree, s.root, []);
-        s.store.assemble(sha, recipe, places, (c) => {
-          const p = pathOfSha.get(c);
-          return p === undefined ? undefined : `${s.root}/${p}`;
-        });
-      }
+      const basePath = recipe && pathOfSha.get(recipe.base);
+      if (recipe && basePath !== undefined) s.store.assemble(sha, recipe, `${s.root}/${basePath}`);
     } catch (e) {
       logEvent("debug", {
         event: "stage-failed",

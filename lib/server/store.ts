@@ -13,8 +13,7 @@
 import { newHasher } from "../hash.ts";
 import { CHUNKED_MIN_BYTES, Chunker, type ChunkRef } from "../source/chunker.ts";
 import { removeQuietly } from "../target_fs.ts";
-import { isSha256, ProtocolError } from "../replica/remote/protocol.ts";
-import type { Tree } from "../types.ts";
+import { isSha256, ProtocolError, type Recipe } from "../replica/remote/protocol.ts";
 
 const BUF = 1 << 20;
 
@@ -71,14 +70,6 @@ export function digestFile(
   } finally {
     f.close();
   }
-}
-
-/** Where one chunk of a held content can be read. */
-interface ChunkPlace {
-  /** The content's SHA-256 (found at a replica path through the tree). */
-  sha256: string;
-  offset: number;
-  length: number;
 }
 
 /** The store of one replica (see the module doc). */
@@ -217,47 +208,32 @@ export class ContentStore {
   }
 
   /**
-   * Build content `sha` from its chunks: each from the store (sent by the client) or from
-   * a content the replica holds (`places`, read at `root/path`), every chunk checked, the
-   * whole checked, then staged.
+   * Build content `sha` from a recipe: pieces of the basis file `baseAbs` (the replica's
+   * copy of content `recipe.base`) and chunks from the store, then check the whole and
+   * stage it.
    */
-  assemble(
-    sha: string,
-    recipe: ChunkRef[],
-    places: Map<string, ChunkPlace>,
-    pathOf: (sha: string) => string | undefined,
-  ): void {
+  assemble(sha: string, recipe: Recipe, baseAbs: string): void {
     if (this.has(sha)) return;
     const tmp = `${this.blob(sha)}.${crypto.randomUUID()}.tmp`;
     const out = Deno.openSync(tmp, { write: true, createNew: true, mode: 0o600 });
     let size = 0;
-    const open = new Map<string, Deno.FsFile>();
+    let base: Deno.FsFile | undefined;
     try {
-      for (const [len, csha] of recipe) {
+      for (const [from, len] of recipe.pieces) {
         let bytes: Uint8Array;
-        if (this.has(csha)) bytes = Deno.readFileSync(this.blob(csha));
-        else {
-          const place = places.get(csha);
-          const path = place && pathOf(place.sha256);
-          if (!place || !path) throw new Error(`chunk ${csha.slice(0, 12)}… was not received`);
-          let f = open.get(path);
-          if (!f) {
-            f = Deno.openSync(path, { read: true });
-            open.set(path, f);
-          }
-          bytes = new Uint8Array(place.length);
-          f.seekSync(place.offset, Deno.SeekMode.Start);
+        if (typeof from === "string") {
+          bytes = Deno.readFileSync(this.blob(from));
+          if (bytes.length !== len) throw new ContentMismatchError(from);
+        } else {
+          base ??= Deno.openSync(baseAbs, { read: true });
+          bytes = new Uint8Array(len);
+          base.seekSync(from, Deno.SeekMode.Start);
           let off = 0;
-          while (off < bytes.length) {
-            const n = f.readSync(bytes.subarray(off));
+          while (off < len) {
+            const n = base.readSync(bytes.subarray(off));
             if (n === null || n === 0) throw new Error("the replica's copy changed");
             off += n;
           }
-        }
-        const h = newHasher();
-        h.update(bytes);
-        if (bytes.length !== len || h.digest("hex") !== csha) {
-          throw new ContentMismatchError(csha);
         }
         let off = 0;
         while (off < bytes.length) off += out.writeSync(bytes.subarray(off));
@@ -265,46 +241,26 @@ export class ContentStore {
       }
     } catch (e) {
       out.close();
+      base?.close();
       removeQuietly(tmp);
       throw e;
-    } finally {
-      for (const f of open.values()) f.close();
     }
     out.close();
+    base?.close();
     this.#keep(sha, tmp, size);
   }
 
   /**
-   * Where each chunk of the replica's large contents can be read: from the recorded chunk
-   * lists of the contents in `tree` (computing the list of the contents at `paths`, the
-   * old versions of files being updated, when none is recorded).
+   * The chunk list of the replica's file at `abs`, whose content is `sha` (recorded, or
+   * computed now and recorded); undefined when the file no longer has that content.
    */
-  chunkPlaces(tree: Tree, root: string, paths: Iterable<string>): Map<string, ChunkPlace> {
-    const places = new Map<string, ChunkPlace>();
-    for (const p of paths) {
-      const n = tree.get(p);
-      if (n?.type !== "file" || !n.sha256 || n.size < CHUNKED_MIN_BYTES) continue;
-      if (this.chunksOf(n.sha256)) continue;
-      try {
-        const d = digestFile(`${root}/${p}`, true);
-        if (d.sha256 === n.sha256 && d.chunks) this.recordChunks(n.sha256, d.chunks);
-      } catch { /* unreadable: its chunks are sent */ }
-    }
-    const seen = new Set<string>();
-    for (const n of tree.values()) {
-      if (n.type !== "file" || !n.sha256 || n.size < CHUNKED_MIN_BYTES || seen.has(n.sha256)) {
-        continue;
-      }
-      seen.add(n.sha256);
-      const list = this.chunksOf(n.sha256);
-      if (!list) continue;
-      let offset = 0;
-      for (const [length, csha] of list) {
-        if (!places.has(csha)) places.set(csha, { sha256: n.sha256, offset, length });
-        offset += length;
-      }
-    }
-    return places;
+  chunkList(sha: string, abs: string): ChunkRef[] | undefined {
+    const known = this.chunksOf(sha);
+    if (known) return known;
+    const d = digestFile(abs, true);
+    if (d.sha256 !== sha || !d.chunks) return undefined;
+    this.recordChunks(sha, d.chunks);
+    return d.chunks;
   }
 
   /** After a run: drop staged contents (keep partial uploads) and chunk lists of contents no longer held. */

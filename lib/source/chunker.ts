@@ -13,14 +13,19 @@
  *
  * @module
  */
+import { Buffer } from "node:buffer";
 import { createHash } from "node:crypto";
 
-/** Chunk sizes: at least 64 KiB, about 256 KiB on average, at most 1 MiB. */
-export const CHUNK_MIN = 64 * 1024;
+/**
+ * Chunk sizes: at least 16 KiB, about 64 KiB on average, at most 256 KiB. Smaller chunks
+ * send less around an edit; each costs 36 bytes in the chunk list the server sends back (a
+ * 1 GiB file's list is about 600 KB, as rsync's block checksums for it are).
+ */
+export const CHUNK_MIN = 16 * 1024;
 /** See {@linkcode CHUNK_MIN}. */
-export const CHUNK_AVG = 256 * 1024;
+export const CHUNK_AVG = 64 * 1024;
 /** See {@linkcode CHUNK_MIN}. */
-export const CHUNK_MAX = 1024 * 1024;
+export const CHUNK_MAX = 256 * 1024;
 
 /** Files at least this large are chunked for delta transfer (smaller ones go whole). */
 export const CHUNKED_MIN_BYTES = 4 * 1024 * 1024;
@@ -41,8 +46,8 @@ const GEAR: Uint32Array = (() => {
 // Normalized chunking: a harder condition (more bits) before the average size, an easier
 // one after it. The top bits of a shifting gear hash depend on the most bytes (bit 31 on
 // the last 32), so the masks take bits from the top.
-const MASK_S = 0xfffff000 >>> 0; // 20 bits
-const MASK_L = 0xffff0000 >>> 0; // 16 bits
+const MASK_S = 0xffffc000 >>> 0; // 18 bits
+const MASK_L = 0xfffc0000 >>> 0; // 14 bits
 
 /**
  * A streaming chunker: feed it the file's bytes in order, collect the boundaries.
@@ -101,4 +106,30 @@ export class Chunker {
     this.#len = 0;
     return this.lengths;
   }
+}
+
+/**
+ * A chunk list in 36 bytes a chunk (a 4-byte big-endian length, then the 32 bytes of the
+ * SHA-256), as base64: how it travels.
+ */
+export function packChunks(list: readonly ChunkRef[]): string {
+  const out = new Uint8Array(list.length * 36);
+  const view = new DataView(out.buffer);
+  for (let i = 0; i < list.length; i++) {
+    const [len, sha] = list[i];
+    view.setUint32(i * 36, len);
+    for (let k = 0; k < 32; k++) out[i * 36 + 4 + k] = parseInt(sha.slice(k * 2, k * 2 + 2), 16);
+  }
+  return Buffer.from(out.buffer).toString("base64");
+}
+
+/** The inverse of {@linkcode packChunks}; throws on malformed input. */
+export function unpackChunks(text: string): ChunkRef[] {
+  const bin = Buffer.from(text, "base64");
+  if (bin.length % 36 !== 0) throw new Error("malformed chunk list");
+  const out: ChunkRef[] = [];
+  for (let i = 0; i < bin.length; i += 36) {
+    out.push([bin.readUInt32BE(i), bin.toString("hex", i + 4, i + 36)]);
+  }
+  return out;
 }

@@ -321,18 +321,33 @@ export interface OpenState {
 export interface NeedItem {
   sha256: string;
   size: number;
-  /** The replica path it goes to (an update's old content there may share chunks). */
+  /** The replica path it goes to. */
   path: string;
-  /** Chunks of a large file (see `chunker.ts`). */
-  chunks?: [number, string][];
+  /**
+   * It replaces a large file at `path`: the server answers that file's chunk list, so that
+   * the client sends only the chunks that differ (see `chunker.ts`).
+   */
+  delta?: boolean;
 }
 
 /** `need`'s answer. */
 export interface NeedAnswer {
-  /** Contents to send whole, with the bytes of each already received by an earlier, interrupted upload. */
+  /** Contents to send, with the bytes of each already received by an earlier, interrupted upload. */
   whole: { sha256: string; have: number }[];
-  /** Contents to rebuild from chunks: the chunks (SHA-256) the server lacks. */
-  chunked: { sha256: string; missing: string[] }[];
+  /**
+   * Of those, the ones that replace a large file the server holds: its content (the
+   * *basis*) and its chunk list, packed (`packChunks`).
+   */
+  basis: { sha256: string; base: string; chunks: string }[];
+}
+
+/**
+ * How the server rebuilds a content from a basis: pieces in order, each `[offset, length]`
+ * of the basis, or `[chunk SHA-256, length]` of a chunk sent in a pack.
+ */
+export interface Recipe {
+  base: string;
+  pieces: [number | string, number][];
 }
 
 /** `apply`'s request. */
@@ -340,8 +355,8 @@ export interface ApplyRequest {
   ops: unknown[];
   /** The source's entries (with fingerprints: the manifest records them for the next run's stat cache). */
   source: [string, WireNode][];
-  /** Recipes of contents rebuilt from chunks: SHA-256 → its chunks in order. */
-  recipes: Record<string, [number, string][]>;
+  /** Contents rebuilt from a basis and chunks: SHA-256 → its recipe. */
+  recipes: Record<string, Recipe>;
   /** The source folder's own mode and mtime (the replica folder follows them). */
   root: { mode: number; mtime: number };
   dirTimes: boolean;

@@ -10,7 +10,7 @@
  */
 import { type OpFailure, recordFailure } from "../../apply.ts";
 import { VERSION } from "../../cli.ts";
-import { errorMessage, RefusedError, UsageError } from "../../errors.ts";
+import { errorMessage, MimeoError, RefusedError, UsageError } from "../../errors.ts";
 import { filterOf, filterRules } from "../../filter.ts";
 import { hashNode } from "../../hash.ts";
 import { logEvent } from "../../log.ts";
@@ -18,7 +18,7 @@ import type { Manifest } from "../../manifest.ts";
 import { type CopyOp, type Op, plan } from "../../plan.ts";
 import { checkPermissions } from "../../paths.ts";
 import { reuseSourceHashes, scanTree } from "../../scan.ts";
-import { CHUNKED_MIN_BYTES, type ChunkRef } from "../../source/chunker.ts";
+import { CHUNKED_MIN_BYTES, type ChunkRef, unpackChunks } from "../../source/chunker.ts";
 import { digestFile } from "../../server/store.ts";
 import {
   checkDeletes,
@@ -30,8 +30,8 @@ import {
   type SyncReport,
 } from "../../sync.ts";
 import type { FileNode, ScanIssue, Tree } from "../../types.ts";
-import { RemoteClient } from "./client.ts";
-import { decodeTree, encodeTree, type NeedItem, parseRemote } from "./protocol.ts";
+import { RemoteClient, RemoteError } from "./client.ts";
+import { decodeTree, encodeTree, type NeedItem, parseRemote, type Recipe } from "./protocol.ts";
 
 /** Files smaller than this go in packs; larger ones as resumable uploads of their own. */
 const PACK_FILE_MAX = 1024 * 1024;
@@ -271,21 +271,27 @@ export async function syncRemote(options: SyncOptions): Promise<SyncReport> {
       op.sha256 = n.sha256;
       if (pathOf.has(n.sha256!)) continue;
       pathOf.set(n.sha256!, op.path);
-      const chunks = op.op === "update" ? chunksOf.get(op.path) : undefined;
-      items.push({ sha256: n.sha256!, size: n.size, path: op.path, ...(chunks ? { chunks } : {}) });
+      const delta = op.op === "update" && chunksOf.has(op.path);
+      items.push({ sha256: n.sha256!, size: n.size, path: op.path, ...(delta ? { delta } : {}) });
     }
-    const answer = items.length ? await client.need(items) : { whole: [], chunked: [] };
+    const answer = items.length ? await client.need(items) : { whole: [], basis: [] };
     mark("need");
-    const bytesTotal = answer.whole.reduce(
-      (a, w) => a + (src.get(pathOf.get(w.sha256)!) as FileNode).size - w.have,
-      0,
-    );
+    const basisOf = new Map(answer.basis.map((b) => [b.sha256, b]));
+    let bytesTotal = 0;
+    for (const w of answer.whole) {
+      bytesTotal += (src.get(pathOf.get(w.sha256)!) as FileNode).size - w.have;
+    }
     let sent = 0;
     const lost = new Set<string>();
+    /** Whose content a pack frame is (a small file's own, or a chunk of a large one). */
+    const ownerOf = new Map<string, string>();
     const fail = (sha: string, e: unknown) => {
+      if (lost.has(sha)) return;
       lost.add(sha);
       recordFailure(failures, "copy", pathOf.get(sha)!, e, "cannot send: ");
     };
+    const changedWhileSent = () =>
+      Object.assign(new Error("the file changed while it was being sent"), { code: "CHANGED" });
     const tick = () =>
       progress?.({
         phase: "apply",
@@ -297,32 +303,60 @@ export async function syncRemote(options: SyncOptions): Promise<SyncReport> {
     const pack = new PackBuilder();
     const flush = async () => {
       if (!pack.size) return;
-      const shas = pack.shas;
       const r = await client.pack(pack.take());
       for (const sha of r.rejected) {
-        const owner = pathOf.get(sha);
-        if (owner) {
-          fail(
-            sha,
-            Object.assign(new Error("the file changed while it was being sent"), {
-              code: "CHANGED",
-            }),
-          );
-        }
+        const owner = ownerOf.get(sha);
+        if (owner) fail(owner, changedWhileSent());
       }
-      void shas;
       tick();
     };
+    const frame = async (owner: string, sha: string, bytes: Uint8Array) => {
+      if (ownerOf.has(sha)) return; // (sent already: a chunk that repeats)
+      ownerOf.set(sha, owner);
+      pack.add(sha, bytes);
+      sent += bytes.length;
+      if (pack.size >= PACK_TARGET) await flush();
+    };
+    const recipes: Record<string, Recipe> = {};
     for (const w of answer.whole) {
       const path = pathOf.get(w.sha256)!;
       const n = src.get(path) as FileNode;
       const abs = `${source}/${path}`;
       try {
+        // A large file that replaces one: the chunks the old one has are not sent.
+        const basis = basisOf.get(w.sha256);
+        const chunks = chunksOf.get(path);
+        if (basis && chunks && w.have === 0) {
+          const old = new Map<string, number>();
+          let at = 0;
+          for (const [len, c] of unpackChunks(basis.chunks)) {
+            if (!old.has(c)) old.set(c, at);
+            at += len;
+          }
+          const pieces: Recipe["pieces"] = [];
+          let reused = 0;
+          using f = Deno.openSync(abs, { read: true });
+          let offset = 0;
+          for (const [len, c] of chunks) {
+            const from = old.get(c);
+            const last = pieces[pieces.length - 1];
+            if (from !== undefined) {
+              reused += len;
+              if (last && typeof last[0] === "number" && last[0] + last[1] === from) last[1] += len;
+              else pieces.push([from, len]);
+            } else {
+              await frame(w.sha256, c, readAt(f, offset, len));
+              pieces.push([c, len]);
+            }
+            offset += len;
+          }
+          // (With nothing in common, the chunks framed are the whole file: the same recipe.)
+          recipes[w.sha256] = { base: basis.base, pieces };
+          bytesTotal -= reused;
+          continue;
+        }
         if (n.size < PACK_FILE_MAX) {
-          const bytes = Deno.readFileSync(abs);
-          pack.add(w.sha256, bytes);
-          sent += bytes.length;
-          if (pack.size >= PACK_TARGET) await flush();
+          await frame(w.sha256, w.sha256, Deno.readFileSync(abs));
           continue;
         }
         using f = Deno.openSync(abs, { read: true });
@@ -332,37 +366,9 @@ export async function syncRemote(options: SyncOptions): Promise<SyncReport> {
         tick();
         if (have !== n.size) throw new Error("the server did not receive all of it");
       } catch (e) {
-        if (e instanceof UsageError || (e as Error).name === "BusyError") throw e;
-        if (errorMessage(e).includes("does not match")) {
-          fail(
-            w.sha256,
-            Object.assign(new Error("the file changed while it was being sent"), {
-              code: "CHANGED",
-            }),
-          );
-        } else if ((e as Error).name === "RemoteError") throw e;
-        else fail(w.sha256, e);
-      }
-    }
-    const recipes: Record<string, ChunkRef[]> = {};
-    for (const c of answer.chunked) {
-      const path = pathOf.get(c.sha256)!;
-      const chunks = chunksOf.get(path)!;
-      recipes[c.sha256] = chunks;
-      const missing = new Set(c.missing);
-      try {
-        using f = Deno.openSync(`${source}/${path}`, { read: true });
-        let offset = 0;
-        for (const [len, csha] of chunks) {
-          if (missing.delete(csha)) {
-            pack.add(csha, readAt(f, offset, len));
-            sent += len;
-            if (pack.size >= PACK_TARGET) await flush();
-          }
-          offset += len;
-        }
-      } catch (e) {
-        fail(c.sha256, e);
+        if (e instanceof MimeoError && !(e instanceof RemoteError)) throw e;
+        if (e instanceof RemoteError && !/does not match/.test(e.message)) throw e;
+        fail(w.sha256, e instanceof RemoteError ? changedWhileSent() : e);
       }
     }
     await flush();
