@@ -50,6 +50,7 @@ import {
   ProtocolError,
   type Recipe,
   SESSION_HEADER,
+  type StateAnswer,
 } from "../replica/remote/protocol.ts";
 import { CHUNKED_MIN_BYTES, packChunks } from "../source/chunker.ts";
 import { applyRootOps, rootOps, rootStat } from "../sync.ts";
@@ -94,6 +95,8 @@ class Session {
   readonly ac = new AbortController();
   /** The apply in flight, if any. */
   applying?: Promise<void>;
+  /** What `state` answers (made when the session opens). */
+  answer?: StateAnswer;
   state?: ReplicaState;
   exclude?: PathFilter;
   patterns: string[] = [];
@@ -138,16 +141,30 @@ async function readJson(req: Request, limit: number = LIMITS.jsonBytes): Promise
   }
 }
 
+/**
+ * A request body within `limit` bytes; a gzip body (`content-encoding: gzip`, how the
+ * client sends trees and plans) is inflated, and the limit is on what it inflates to.
+ */
 async function readBody(req: Request, limit: number): Promise<Uint8Array> {
+  const gzip = req.headers.get("content-encoding") === "gzip";
   const len = Number(req.headers.get("content-length") ?? "NaN");
-  if (Number.isFinite(len) && len > limit) throw new HttpError(413, "request body is too large");
+  if (!gzip && Number.isFinite(len) && len > limit) {
+    throw new HttpError(413, "request body is too large");
+  }
   if (!req.body) return new Uint8Array();
   const parts: Uint8Array[] = [];
   let size = 0;
-  for await (const b of req.body) {
-    size += b.length;
-    if (size > limit) throw new HttpError(413, "request body is too large");
-    parts.push(b);
+  const body = gzip ? req.body.pipeThrough(new DecompressionStream("gzip")) : req.body;
+  try {
+    for await (const b of body) {
+      size += b.length;
+      if (size > limit) throw new HttpError(413, "request body is too large");
+      parts.push(b);
+    }
+  } catch (e) {
+    if (e instanceof HttpError) throw e;
+    if (gzip) throw new HttpError(400, "request body is not valid gzip");
+    throw e;
   }
   const out = new Uint8Array(size);
   let off = 0;
@@ -163,6 +180,21 @@ function json(body: unknown, status = 200): Response {
     status,
     headers: {
       "content-type": "application/json",
+      [PROTOCOL_HEADER]: String(PROTOCOL_VERSION),
+    },
+  });
+}
+
+/** A JSON answer, gzip-compressed when the client accepts it (a tree shrinks fivefold or more). */
+function gzipJson(req: Request, body: unknown): Response {
+  if (!/\bgzip\b/.test(req.headers.get("accept-encoding") ?? "")) return json(body);
+  const stream = new Blob([JSON.stringify(body)]).stream().pipeThrough(
+    new CompressionStream("gzip"),
+  );
+  return new Response(stream, {
+    headers: {
+      "content-type": "application/json",
+      "content-encoding": "gzip",
       [PROTOCOL_HEADER]: String(PROTOCOL_VERSION),
     },
   });
@@ -280,7 +312,7 @@ export async function serve(o: ServeOptions): Promise<void> {
         })
         : { tree: new Map(), issues: [], hashed: 0 } as ReplicaState;
       s.state = state;
-      const sourceCache: OpenState["sourceCache"] = [];
+      const sourceCache: StateAnswer["sourceCache"] = [];
       if (state.old) {
         for (const [p, c] of state.old.cache) {
           const e = state.old.entries.get(p);
@@ -294,12 +326,14 @@ export async function serve(o: ServeOptions): Promise<void> {
         session: s.id,
         existed,
         manifest: state.old !== undefined,
-        tree: encodeTree(state.tree),
-        issues: state.issues,
-        sourceCache,
+        entries: state.tree.size,
         root: st,
         digest: state.old?.digest,
       };
+      s.answer = scrubDeep(
+        { tree: encodeTree(state.tree), issues: state.issues, sourceCache },
+        scrubber(dir, root),
+      ) as StateAnswer;
       logEvent("info", {
         event: "session-open",
         replica: name,
@@ -599,6 +633,10 @@ export async function serve(o: ServeOptions): Promise<void> {
     if (v === null) throw new HttpError(400, `missing ${PROTOCOL_HEADER} header`, "protocol");
     const m = req.method;
     if (m === "POST" && action === "open" && parts.length === 3) return await open(req, name);
+    if (m === "GET" && action === "state" && parts.length === 3) {
+      const s = sessionFor(req, name);
+      return gzipJson(req, s.answer);
+    }
     if (m === "POST" && action === "need" && parts.length === 3) return await need(req, name);
     if (m === "POST" && action === "pack" && parts.length === 3) return await pack(req, name);
     if (m === "PUT" && action === "blob" && parts.length === 4) {

@@ -6,10 +6,11 @@
  *
  * A run is one *session*:
  *
- * 1. `POST /v1/NAME/open` → an NDJSON stream whose first line is the replica's state (its
- *    tree with hashes, checked against the folder; the source fingerprints its manifest
- *    recorded, for the client's stat cache). The server holds the replica's lock while
- *    the stream is open: a client that dies closes it, and the lock goes with it.
+ * 1. `POST /v1/NAME/open` → an NDJSON stream whose first line names the session. The
+ *    server holds the replica's lock while the stream is open: a client that dies closes
+ *    it, and the lock goes with it. `GET /v1/NAME/state` → the replica's tree with hashes,
+ *    checked against the folder, and the source fingerprints its manifest recorded (for
+ *    the client's stat cache), compressed.
  * 2. `POST /v1/NAME/need` → which contents (by SHA-256) and which chunks of large files the
  *    server holds nowhere.
  * 3. `POST /v1/NAME/pack` (small files and chunks, framed) and `PUT /v1/NAME/blob/SHA`
@@ -298,23 +299,32 @@ export interface OpenRequest {
   client: string;
 }
 
-/** The first line of `open`'s stream: what the replica holds. */
+/** The first line of `open`'s stream: the session, and what the replica is. */
 export interface OpenState {
   session: string;
   /** Whether the replica folder existed before this session. */
   existed: boolean;
   /** Whether a manifest was found beside it (and was valid). */
   manifest: boolean;
+  /** The replica's entries. */
+  entries: number;
+  /** The replica folder's own mode and mtime (absent when it does not exist yet). */
+  root?: { mode: number; mtime: number };
+  /** The manifest's recorded digest. */
+  digest?: string;
+}
+
+/**
+ * `state`'s answer (`GET /v1/NAME/state`, compressed by the server when the client accepts
+ * it): what the replica holds.
+ */
+export interface StateAnswer {
   /** The replica's entries, every file with its hash (the server hashed what it could not trust). */
   tree: [string, WireNode][];
   /** Replica paths that could not be read, and special files. */
   issues: ScanIssue[];
   /** What the manifest recorded of the source: `[path, size, mtime, sha256, ino, ctime]`. */
   sourceCache: [string, number, number, string, number, number][];
-  /** The replica folder's own mode and mtime (absent when it does not exist yet). */
-  root?: { mode: number; mtime: number };
-  /** The manifest's recorded digest. */
-  digest?: string;
 }
 
 /** One content the client would send, for `need`. */

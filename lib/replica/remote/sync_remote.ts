@@ -142,7 +142,7 @@ export async function syncRemote(options: SyncOptions): Promise<SyncReport> {
   const rootWant = rootStat(source)!;
   const progress = options.progress;
   progress?.({ phase: "scan", opsDone: 0, opsTotal: 0, bytesDone: 0, bytesTotal: 0 });
-  const state = await client.open({
+  const opened = await client.open({
     dryRun,
     checksum: options.checksum ?? false,
     exclude: options.deleteExcluded ? [] : rules,
@@ -150,6 +150,7 @@ export async function syncRemote(options: SyncOptions): Promise<SyncReport> {
     client: VERSION,
   });
   try {
+    const state = { ...opened, ...(await client.state()) };
     mark("open");
     const rep = decodeTree(state.tree);
     const replicaIssues: ScanIssue[] = state.issues.filter((i) => i.level === "error")
