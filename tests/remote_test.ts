@@ -562,3 +562,20 @@ Deno.test("remote: SIGTERM stops the server cleanly (exit 0) and the replica sta
   assertEquals(await server.stop(), 0, server.stderr());
   assertMirror(src, `${srv}/r`);
 });
+
+Deno.test("serve --log keeps each session's events as JSON Lines on the server", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, srv = `${d.path}/srv`, log = `${d.path}/server.jsonl`;
+  Deno.mkdirSync(srv);
+  writeTree(src, { "a.txt": "a", "b/c.txt": "c" });
+  const server = await startServer(srv, ["--log", log]);
+  const r = await mimeo(["sync", src, `${server.url}/r`], P);
+  assertEquals(r.code, 0, cliText(r));
+  assertEquals(await server.stop(), 0);
+  const events = jsonLines(Deno.readTextFileSync(log));
+  const names = events.map((e) => e.event);
+  for (const want of ["listening", "session-open", "copy", "mkdir", "session-close"]) {
+    assert(names.includes(want), `${want} in ${names.join(",")}`);
+  }
+  assertEquals(events.find((e) => e.event === "copy" && e.path === "b/c.txt")?.level, "info");
+});

@@ -88,6 +88,10 @@ const isUint = (v: unknown): v is number =>
 
 /** How often an open session's stream sends a keep-alive line. */
 const KEEPALIVE_MS = 5000;
+/** Sessions at once (more get 503: each holds a scanned tree in memory). */
+const MAX_SESSIONS = 64;
+/** A session that makes no request for this long is closed (a client stuck, not gone). */
+const IDLE_MS = 60 * 60 * 1000;
 
 /** One client's run into one replica, from `open` until its stream closes. */
 class Session {
@@ -102,6 +106,8 @@ class Session {
   patterns: string[] = [];
   #closed = false;
   #onClose: (() => void)[] = [];
+  /** When the session last made a request. */
+  lastSeen = Date.now();
 
   constructor(
     readonly name: string,
@@ -264,11 +270,19 @@ export async function serve(o: ServeOptions): Promise<void> {
     if (!s || s.name !== name || s.closed) {
       throw new HttpError(409, "no such session (it ended: start the run again)", "no-session");
     }
+    s.lastSeen = Date.now();
     return s;
   };
 
   async function open(req: Request, name: string): Promise<Response> {
     const { root, manifestPath, storeDir } = replicaPaths(name);
+    if (sessions.size >= MAX_SESSIONS) {
+      throw new HttpError(
+        503,
+        "the server is serving too many runs; try again later",
+        "busy-server",
+      );
+    }
     const body = await readJson(req, 1 << 20) as Partial<OpenRequest>;
     if (typeof body !== "object" || body === null) throw new HttpError(400, "bad open request");
     const dryRun = body.dryRun === true;
@@ -695,7 +709,21 @@ export async function serve(o: ServeOptions): Promise<void> {
       return json({ error: "internal error", code: "internal" }, 500);
     },
   }, handler);
+  const sweep = setInterval(() => {
+    for (const s of sessions.values()) {
+      if (!s.applying && Date.now() - s.lastSeen > IDLE_MS) {
+        logEvent("warning", {
+          event: "session-idle",
+          replica: s.name,
+          message: `${s.name}: session closed after an hour without a request`,
+        });
+        s.close();
+      }
+    }
+  }, 60_000);
+  Deno.unrefTimer(sweep);
   const stop = async () => {
+    clearInterval(sweep);
     await Promise.all([...sessions.values()].map((s) => s.close()));
     ac.abort();
   };

@@ -263,10 +263,20 @@ export class ContentStore {
     return d.chunks;
   }
 
-  /** After a run: drop staged contents (keep partial uploads) and chunk lists of contents no longer held. */
+  /**
+   * After a run: drop staged contents, partial uploads no run resumed for a week, and the
+   * chunk lists of contents no longer held.
+   */
   prune(keep: Set<string>): void {
+    const weekAgo = Date.now() - 7 * 24 * 3600 * 1000;
     for (const d of safeList(this.stage)) {
-      if (!d.name.endsWith(".part")) removeQuietly(`${this.stage}/${d.name}`);
+      const abs = `${this.stage}/${d.name}`;
+      if (!d.name.endsWith(".part")) removeQuietly(abs);
+      else {
+        try {
+          if ((Deno.lstatSync(abs).mtime?.getTime() ?? 0) < weekAgo) removeQuietly(abs);
+        } catch { /* gone */ }
+      }
     }
     for (const d of safeList(this.chunkDir)) {
       const sha = d.name.replace(/\.json$/, "");
