@@ -579,3 +579,37 @@ Deno.test("serve --log keeps each session's events as JSON Lines on the server",
   }
   assertEquals(events.find((e) => e.event === "copy" && e.path === "b/c.txt")?.level, "info");
 });
+
+Deno.test("remote: --exclude leaves excluded entries alone on the server; --delete-excluded removes them", async () => {
+  await using d = await tempDir();
+  const src = `${d.path}/src`, srv = `${d.path}/srv`;
+  Deno.mkdirSync(srv);
+  writeTree(src, { "keep.txt": "k", "skip.log": "s", "cache/x.bin": "x" });
+  writeTree(`${srv}/r`, { "server-only.log": "mine", "cache/y.bin": "y" });
+  await using server = await startServer(srv);
+  const url = `${server.url}/r`;
+  const r = await mimeo(["sync", src, url, "--exclude", "*.log", "--exclude", "cache/"], P);
+  assertEquals(r.code, 0, cliText(r));
+  assert(exists(`${srv}/r/keep.txt`));
+  assert(!exists(`${srv}/r/skip.log`), "excluded source entries are not sent");
+  assert(
+    exists(`${srv}/r/server-only.log`) && exists(`${srv}/r/cache/y.bin`),
+    "excluded replica entries stay",
+  );
+  const del = await mimeo([
+    "sync",
+    src,
+    url,
+    "--exclude",
+    "*.log",
+    "--exclude",
+    "cache/",
+    "--delete-excluded",
+  ], P);
+  assertEquals(del.code, 0, cliText(del));
+  assert(
+    !exists(`${srv}/r/server-only.log`) && !exists(`${srv}/r/cache`),
+    "deleted with --delete-excluded",
+  );
+  assert(exists(`${srv}/r/keep.txt`));
+});
